@@ -1,0 +1,86 @@
+"""Model-ready slice sets on disk (one .npz per split) and the Keras batch sequence over them."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sarcoma_seg.errors import SarcomaSegError
+
+
+@dataclass
+class SliceSet:
+    """Preprocessed axial slices of one split, each tied to its patient and slice index."""
+
+    images: np.ndarray  # (N, size, size, channels) float32 in [0, 1]
+    masks: np.ndarray  # (N, size, size) uint8 0/1
+    patients: np.ndarray  # (N,) patient id per slice
+    slices: np.ndarray  # (N,) axial index within the patient's volume
+    spacing: dict[str, list[float]]  # patient id -> voxel spacing in mm
+
+    def patient_indices(self) -> dict[str, np.ndarray]:
+        """Slice positions of every patient, in axial order."""
+        out = {}
+        for pid in sorted(set(self.patients.tolist())):
+            idx = np.flatnonzero(self.patients == pid)
+            out[pid] = idx[np.argsort(self.slices[idx])]
+        return out
+
+
+def save_slice_set(path: Path, data: SliceSet) -> None:
+    """Write a SliceSet as a compressed .npz."""
+    spacing = np.array([[pid, *sp] for pid, sp in sorted(data.spacing.items())], dtype=object)
+    np.savez_compressed(
+        path,
+        images=data.images.astype(np.float16),  # half precision: [0, 1] needs no more
+        masks=data.masks,
+        patients=data.patients.astype(str),
+        slices=data.slices,
+        spacing=spacing.astype(str),
+    )
+
+
+def load_slice_set(path: Path) -> SliceSet:
+    """Read a SliceSet written by save_slice_set."""
+    if not Path(path).is_file():
+        raise SarcomaSegError(f"{path}: not found; run the preprocess stage first")
+    with np.load(path) as npz:
+        spacing = {row[0]: [float(v) for v in row[1:]] for row in npz["spacing"]}
+        return SliceSet(
+            npz["images"].astype(np.float32),
+            npz["masks"],
+            npz["patients"],
+            npz["slices"],
+            spacing,
+        )
+
+
+def batch_sequence(data: SliceSet, batch_size: int, augment=None, seed: int = 0):
+    """A Keras Sequence of (images, masks) batches; shuffled and augmented when augment is given."""
+    import tensorflow as tf
+
+    class Batches(tf.keras.utils.Sequence):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(data.images))
+            if augment is not None:
+                self.rng.shuffle(self.order)
+
+        def __len__(self) -> int:
+            return int(np.ceil(len(self.order) / batch_size))
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            idx = self.order[i * batch_size : (i + 1) * batch_size]
+            images, masks = data.images[idx], data.masks[idx]
+            if augment is not None:
+                pairs = [augment(image=im, mask=m) for im, m in zip(images, masks)]
+                images = np.stack([p["image"] for p in pairs])
+                masks = np.stack([p["mask"] for p in pairs])
+            return images.astype(np.float32), masks[..., None].astype(np.float32)
+
+        def on_epoch_end(self) -> None:
+            if augment is not None:
+                self.rng.shuffle(self.order)
+
+    return Batches()

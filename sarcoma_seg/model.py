@@ -1,0 +1,81 @@
+"""The segmentation-models U-Net, its losses and metrics, and deterministic setup."""
+
+from pathlib import Path
+from typing import Any
+
+import segmentation_models as sm
+import tensorflow as tf
+
+from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.params import check_positive_int
+
+ENCODER_WEIGHTS = (None, "imagenet")
+
+
+def _dice_focal(focal_weight: float) -> Any:
+    """Dice + focal, the original study's loss; losses compose with + and scale with *."""
+    return sm.losses.DiceLoss() + focal_weight * sm.losses.BinaryFocalLoss()
+
+
+LOSSES = {
+    "dice_focal": _dice_focal,
+    "dice": lambda _w: sm.losses.DiceLoss(),
+    "focal": lambda _w: sm.losses.BinaryFocalLoss(),
+    "jaccard": lambda _w: sm.losses.JaccardLoss(),
+}
+
+
+def backbones() -> list[str]:
+    """Every encoder segmentation-models can build."""
+    return list(sm.get_available_backbone_names())
+
+
+def check_train_params(train: dict[str, Any]) -> None:
+    """Validate the train section before anything is written."""
+    choice("train.backbone", train.get("backbone"), backbones())
+    choice("train.encoder_weights", train.get("encoder_weights"), ENCODER_WEIGHTS)
+    choice("train.loss", train.get("loss", "dice_focal"), LOSSES)
+    check_positive_int("train.epochs", train.get("epochs"))
+    check_positive_int("train.batch_size", train.get("batch_size"))
+    lr = train.get("learning_rate")
+    if not isinstance(lr, int | float) or lr <= 0:
+        raise SarcomaSegError(f"train.learning_rate={lr!r} is not allowed; it must be > 0")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and ask TensorFlow for deterministic kernels."""
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def build_unet(backbone: str, encoder_weights: str | None, channels: int) -> tf.keras.Model:
+    """A binary U-Net with a sigmoid head; input size is free (any multiple of 32)."""
+    return sm.Unet(
+        backbone,
+        encoder_weights=encoder_weights,
+        classes=1,
+        activation="sigmoid",
+        input_shape=(None, None, channels),
+    )
+
+
+def compile_unet(model: tf.keras.Model, train: dict[str, Any]) -> None:
+    """Adam, the configured loss, and the original study's IoU and F-score metrics."""
+    loss = LOSSES[train.get("loss", "dice_focal")](float(train.get("focal_weight", 1.0)))
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(float(train["learning_rate"])),
+        loss=loss,
+        metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5)],
+    )
+
+
+def load_unet(path: Path) -> tf.keras.Model:
+    """Load a saved U-Net for inference; compile=False because sm losses do not deserialize."""
+    if not Path(path).exists():
+        raise SarcomaSegError(f"{path}: model file not found; run the train stage first")
+    return tf.keras.models.load_model(path, compile=False)
+
+
+def predict_probabilities(model: tf.keras.Model, images: Any, batch_size: int = 8) -> Any:
+    """Tumour probability per pixel, (N, H, W) float32."""
+    return model.predict(images, batch_size=batch_size, verbose=0)[..., 0]

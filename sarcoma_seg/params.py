@@ -1,0 +1,54 @@
+"""Reading params.yaml and validating the values every stage shares."""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sarcoma_seg.errors import SarcomaSegError
+
+PARAMS_FILE = "params.yaml"
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Load the whole params.yaml as a dict."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SarcomaSegError(f"{path}: cannot read params: {exc}") from exc
+    if not isinstance(params, dict):
+        raise SarcomaSegError(
+            f"{path}: expected a mapping of sections, got {type(params).__name__}"
+        )
+    return params
+
+
+def check_image_size(size: object) -> int:
+    """base.image_size must be a positive multiple of 32 (the U-Net downsamples five times)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 32:
+        raise SarcomaSegError(
+            f"base.image_size={size!r} is not allowed; it must be a positive multiple of 32"
+        )
+    return size
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return value if it is an int >= minimum, else raise naming the param."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SarcomaSegError(
+            f"{name}={value!r} is not allowed; it must be an integer >= {minimum}"
+        )
+    return value
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys, as MLflow and dvc show them."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

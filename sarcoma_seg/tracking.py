@@ -1,0 +1,86 @@
+"""MLflow tracking: the store location, one run per training, per-epoch logging, the model."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+
+from sarcoma_seg.params import flatten
+
+EXPERIMENT = "sarcoma-seg"
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The project root: the nearest folder at or above start that holds dvc.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return here
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else sqlite:///<repo root>/mlflow.db whatever the cwd."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def use_experiment(name: str = EXPERIMENT) -> str:
+    """Point MLflow at the store and experiment; local stores keep artifacts beside mlflow.db."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        mlflow.set_experiment(name)
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        # MLflow would otherwise put artifacts in ./mlruns relative to the working directory
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log every param of params.yaml under its dotted key."""
+    flat = {
+        k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flatten(params).items()
+    }
+    mlflow.log_params(flat)
+
+
+def log_manifest(manifest_path: Path) -> None:
+    """Attach the data manifest as an artifact and as the run's dataset input with its digest."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    mlflow.log_artifact(str(manifest_path), artifact_path="data")
+    source = HTTPDatasetSource(url=f"{manifest['source']}://{manifest['dataset']}")
+    dataset = MetaDataset(source=source, name=manifest["dataset"], digest=manifest["digest"])
+    mlflow.log_input(dataset, context="training")
+
+
+def epoch_logger() -> Any:
+    """A Keras callback that logs every epoch's metrics and learning rate to the active run."""
+    import tensorflow as tf
+
+    class EpochLogger(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            metrics = {k: float(v) for k, v in (logs or {}).items()}
+            metrics["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
+            mlflow.log_metrics(metrics, step=epoch)
+
+    return EpochLogger()
+
+
+def write_run_info(path: Path, run: Any) -> None:
+    """Record the MLflow run so that later stages log into the same run."""
+    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+    Path(path).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_run_id(path: Path) -> str:
+    """The MLflow run id that the train stage recorded."""
+    return json.loads(Path(path).read_text())["run_id"]

@@ -1,0 +1,125 @@
+"""Deterministic preprocessing, declared once and reused by preprocess, train, evaluate and predict,
+and the random albumentations augmentation that only training uses."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.params import check_image_size, check_positive_int
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """HU window -> [0, 1], resize to a square, replicate to the channels the encoder expects."""
+
+    hu_window: tuple[float, float]
+    image_size: int
+    channels: int
+
+    def image(self, hu_slice: np.ndarray) -> np.ndarray:
+        """One axial HU slice (rows, cols) -> float32 (size, size, channels) in [0, 1]."""
+        low, high = self.hu_window
+        windowed = np.clip((hu_slice.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+        size = (self.image_size, self.image_size)
+        resized = cv2.resize(windowed, size, interpolation=cv2.INTER_AREA)
+        return np.repeat(resized[..., None], self.channels, axis=-1)
+
+    def mask(self, mask_slice: np.ndarray) -> np.ndarray:
+        """One mask slice -> uint8 (size, size) of 0/1; nearest keeps labels labels."""
+        binary = (mask_slice > 0).astype(np.uint8)
+        size = (self.image_size, self.image_size)
+        return cv2.resize(binary, size, interpolation=cv2.INTER_NEAREST)
+
+    def volume(self, ct: np.ndarray) -> np.ndarray:
+        """A CT volume (slices, rows, cols) -> (slices, size, size, channels)."""
+        return np.stack([self.image(s) for s in ct])
+
+    def volume_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A mask volume (slices, rows, cols) -> (slices, size, size)."""
+        return np.stack([self.mask(s) for s in mask])
+
+    def restore_mask(self, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A (size, size) prediction back onto a (rows, cols) slice grid."""
+        return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), cv2.INTER_NEAREST)
+
+
+def preprocessing_from_params(base: dict[str, Any], pre: dict[str, Any]) -> Preprocessing:
+    """Build and validate the Preprocessing from the base and preprocess params sections."""
+    window = pre.get("hu_window")
+    if (
+        not isinstance(window, list | tuple)
+        or len(window) != 2
+        or not all(isinstance(v, int | float) for v in window)
+        or window[0] >= window[1]
+    ):
+        raise SarcomaSegError(
+            f"preprocess.hu_window={window!r} is not allowed; give [low, high] HU with low < high"
+        )
+    channels = check_positive_int("preprocess.channels", pre.get("channels"))
+    if channels not in (1, 3):
+        raise SarcomaSegError(f"preprocess.channels={channels} is not allowed; choose 1 or 3")
+    size = check_image_size(base.get("image_size"))
+    return Preprocessing((float(window[0]), float(window[1])), size, channels)
+
+
+def _blur_sharpen(cfg: dict[str, Any]) -> A.BasicTransform:
+    """One of blur or sharpen, as the original study's OneOf block."""
+    return A.OneOf([A.Blur(blur_limit=tuple(cfg["blur_limit"])), A.Sharpen()], p=cfg["p"])
+
+
+def _crop(size: int) -> Callable[[dict[str, Any]], A.BasicTransform]:
+    """A random crop of at least min_fraction of the side, resized back to the model size."""
+    return lambda cfg: A.RandomResizedCrop(
+        size=(size, size), scale=(cfg["min_fraction"] ** 2, 1.0), ratio=(0.9, 1.1), p=cfg["p"]
+    )
+
+
+def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], A.BasicTransform]]:
+    """Registry of switchable augmentations, each built from its params block."""
+    border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
+    return {
+        "horizontal_flip": lambda c: A.HorizontalFlip(p=c["p"]),
+        "affine": lambda c: A.Affine(
+            scale=tuple(c["scale"]),
+            translate_percent=(-c["translate_percent"], c["translate_percent"]),
+            rotate=(-c["rotate"], c["rotate"]),
+            p=c["p"],
+            **border,
+        ),
+        "perspective": lambda c: A.Perspective(scale=tuple(c["scale"]), p=c["p"], **border),
+        "brightness_contrast": lambda c: A.RandomBrightnessContrast(
+            brightness_limit=c["brightness_limit"], contrast_limit=c["contrast_limit"], p=c["p"]
+        ),
+        "gamma": lambda c: A.RandomGamma(gamma_limit=tuple(c["gamma_limit"]), p=c["p"]),
+        "blur_sharpen": _blur_sharpen,
+        "gauss_noise": lambda c: A.GaussNoise(std_range=tuple(c["std_range"]), p=c["p"]),
+        "random_crop": _crop(size),
+    }
+
+
+def build_augmentation(augment: dict[str, Any], image_size: int, seed: int) -> A.Compose:
+    """A seeded albumentations pipeline of the enabled transforms, in the original study's order."""
+    registry = _augmentations(image_size)
+    unknown = sorted(set(augment) - set(registry))
+    if unknown:
+        raise SarcomaSegError(
+            f"train.augment.{unknown[0]} is not a known augmentation; choose from: "
+            + ", ".join(registry)
+        )
+    transforms = []
+    for name, build in registry.items():
+        cfg = augment.get(name) or {}
+        if not cfg.get("enabled", False):
+            continue
+        try:
+            transforms.append(build(cfg))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SarcomaSegError(
+                f"train.augment.{name}: invalid settings {cfg!r} ({exc})"
+            ) from exc
+    return A.Compose(transforms, seed=seed)

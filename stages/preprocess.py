@@ -1,0 +1,59 @@
+"""DVC stage `preprocess`: axial slices per split, HU window, resize, channels, binary masks."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sarcoma_seg.dataset import SliceSet, save_slice_set
+from sarcoma_seg.errors import run_cli
+from sarcoma_seg.params import load_params
+from sarcoma_seg.split import SETS
+from sarcoma_seg.transforms import Preprocessing, preprocessing_from_params
+from sarcoma_seg.volumes import Volume, load_volumes
+
+
+def slice_set(volumes: list[Volume], pre: Preprocessing) -> SliceSet:
+    """Every axial slice of the given patients, preprocessed and tagged with patient and index."""
+    return SliceSet(
+        images=np.concatenate([pre.volume(v.ct) for v in volumes]),
+        masks=np.concatenate([pre.volume_mask(v.mask) for v in volumes]),
+        patients=np.concatenate([[v.patient_id] * len(v.ct) for v in volumes]).astype(str),
+        slices=np.concatenate([np.arange(len(v.ct)) for v in volumes]),
+        spacing={v.patient_id: list(v.spacing) for v in volumes},
+    )
+
+
+def stats(data: SliceSet) -> dict[str, float | int]:
+    """Slices, tumour-bearing slices, tumour pixel fraction and tumour-free patients of a split."""
+    per_slice = data.masks.reshape(len(data.masks), -1).sum(axis=1)
+    per_patient = {p: per_slice[idx].sum() for p, idx in data.patient_indices().items()}
+    return {
+        "patients": len(per_patient),
+        "patients_without_tumour": int(sum(v == 0 for v in per_patient.values())),
+        "slices": len(data.masks),
+        "tumour_slices": int((per_slice > 0).sum()),
+        "tumour_pixel_fraction": round(float(data.masks.mean()), 6),
+    }
+
+
+def main() -> None:
+    """Write one .npz per split and the data statistics metrics file."""
+    params = load_params()
+    paths = params["paths"]
+    pre = preprocessing_from_params(params["base"], params["preprocess"])
+    split = json.loads(Path(paths["split"]).read_text())
+    sets = {name: slice_set(load_volumes(Path(paths["raw"]), split[name]), pre) for name in SETS}
+    out = Path(paths["preprocessed"])
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in sets.items():
+        save_slice_set(out / f"{name}.npz", data)
+    metrics = Path(paths["metrics"])
+    metrics.mkdir(parents=True, exist_ok=True)
+    summary = {name: stats(data) for name, data in sets.items()}
+    (metrics / "data_stats.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    run_cli(main)

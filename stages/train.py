@@ -1,0 +1,105 @@
+"""DVC stage `train`: fit the U-Net, keep the best-on-validation weights, track it all in MLflow."""
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import tensorflow as tf
+
+from sarcoma_seg import tracking
+from sarcoma_seg.dataset import SliceSet, batch_sequence, load_slice_set
+from sarcoma_seg.errors import run_cli
+from sarcoma_seg.model import build_unet, check_train_params, compile_unet, seed_everything
+from sarcoma_seg.params import load_params
+from sarcoma_seg.plots import history_figure
+from sarcoma_seg.serving import log_pyfunc
+from sarcoma_seg.transforms import Preprocessing, build_augmentation, preprocessing_from_params
+
+MONITOR = "val_iou_score"  # the original study's metric decides the best epoch
+
+
+def train(
+    train_set: SliceSet, val_set: SliceSet, params: dict[str, Any], pre: Preprocessing, out: Path
+) -> tuple[tf.keras.Model, dict[str, list[float]]]:
+    """Fit with augmentation, LR schedule, early stopping; return the best model and history."""
+    tp, seed = params["train"], params["base"]["seed"]
+    seed_everything(seed)
+    model = build_unet(tp["backbone"], tp["encoder_weights"], pre.channels)
+    compile_unet(model, tp)
+    augment = build_augmentation(tp["augment"], pre.image_size, seed)
+    weights = out / "best.weights.h5"
+    callbacks = [
+        tf.keras.callbacks.ModelCheckpoint(
+            str(weights), monitor=MONITOR, mode="max", save_best_only=True, save_weights_only=True
+        ),
+        tf.keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=tp["lr_factor"], patience=tp["lr_patience"], verbose=0
+        ),
+        tf.keras.callbacks.EarlyStopping(
+            monitor=MONITOR, mode="max", patience=tp["early_stopping_patience"]
+        ),
+        tracking.epoch_logger(),
+    ]
+    fit = model.fit(
+        batch_sequence(train_set, tp["batch_size"], augment, seed),
+        validation_data=batch_sequence(val_set, tp["batch_size"]),
+        epochs=tp["epochs"],
+        callbacks=callbacks,
+        shuffle=False,  # the sequence shuffles itself with the seed
+        verbose=2,
+    )
+    model.load_weights(str(weights))
+    weights.unlink()
+    return model, {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+
+
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    """Per-epoch history as CSV, the DVC plots source."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = ["loss", "val_loss", "iou_score", "val_iou_score", "f1-score", "val_f1-score"]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *keys])
+        for i in range(len(history["loss"])):
+            writer.writerow([i + 1, *(round(history[k][i], 6) for k in keys)])
+
+
+def main() -> None:
+    """Validate params, train inside one MLflow run, write the model, history and metrics."""
+    params = load_params()
+    paths, tp = params["paths"], params["train"]
+    check_train_params(tp)
+    pre = preprocessing_from_params(params["base"], params["preprocess"])
+    build_augmentation(tp["augment"], pre.image_size, 0)  # validate before any output
+    train_set = load_slice_set(Path(paths["preprocessed"]) / "train.npz")
+    val_set = load_slice_set(Path(paths["preprocessed"]) / "val.npz")
+    out, plots, figures = Path(paths["model"]), Path(paths["plots"]), Path(paths["figures"])
+    for folder in (out, plots, figures):
+        folder.mkdir(parents=True, exist_ok=True)
+    tracking.use_experiment(tp["mlflow_experiment"])
+    with mlflow.start_run(run_name=f"{params['data']['source']}-{tp['backbone']}") as run:
+        mlflow.set_tags({"data.source": params["data"]["source"], "stage": "train"})
+        tracking.log_params(params)
+        tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
+        model, history = train(train_set, val_set, params, pre, out)
+        model.save(out / "model.keras", include_optimizer=False)
+        write_history(history, plots / "history.csv")
+        for key in ("loss", "iou_score"):
+            history_figure(history, key, figures / f"{key}.png")
+            mlflow.log_artifact(str(figures / f"{key}.png"), artifact_path="plots")
+        best = max(range(len(history[MONITOR])), key=history[MONITOR].__getitem__)
+        summary = {k: history[k][best] for k in history if k.startswith("val_")}
+        summary |= {"best_epoch": best + 1, "epochs_run": len(history["loss"])}
+        Path(paths["metrics"]).mkdir(parents=True, exist_ok=True)
+        (Path(paths["metrics"]) / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
+        mlflow.log_artifact(str(plots / "history.csv"), artifact_path="plots")
+        log_pyfunc(out / "model.keras", pre, params["evaluate"]["threshold"], out)
+        tracking.write_run_info(out / "mlflow_run.json", run)
+    print(f"best epoch {best + 1}: {summary}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
