@@ -29,7 +29,7 @@ MISSING_CREDENTIALS = (
 )
 OFFLINE_HINT = "to run offline use dvc exp run -S data.source=synthetic"
 DRIVE = re.compile(r"^[A-Za-z]:")
-SLUG = re.compile(r"^[\w.-]+/[\w.-]+(/\d+)?$")  # owner/dataset or owner/dataset/version
+SLUG = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(/\d+)?$")  # owner/name[/version]
 
 
 def config_dir(env: Mapping[str, str], home: Path) -> Path:

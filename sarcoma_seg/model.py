@@ -48,15 +48,21 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build_unet(backbone: str, encoder_weights: str | None, channels: int) -> tf.keras.Model:
+def build_unet(
+    backbone: str, encoder_weights: str | None, channels: int, bn_momentum: float = 0.9
+) -> tf.keras.Model:
     """A binary U-Net with a sigmoid head; input size is free (any multiple of 32)."""
-    return sm.Unet(
+    model = sm.Unet(
         backbone,
         encoder_weights=encoder_weights,
         classes=1,
         activation="sigmoid",
         input_shape=(None, None, channels),
     )
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    return model
 
 
 def compile_unet(model: tf.keras.Model, train: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
         self.pre = Preprocessing(**config)
         self.model = load_unet(Path(context.artifacts["keras_model"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
         """(N, rows, cols) or (rows, cols) HU -> uint8 masks of the same shape."""
         from sarcoma_seg.model import predict_probabilities
 

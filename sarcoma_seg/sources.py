@@ -61,7 +61,9 @@ def file_entries(root: Path) -> list[dict[str, Any]]:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         name = path.relative_to(root).as_posix()
         if name != MANIFEST_NAME:
-            entries.append({"name": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+            entries.append(
+                {"name": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            )
     return sorted(entries, key=lambda entry: entry["name"])
 
 

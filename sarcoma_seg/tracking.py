@@ -58,8 +58,11 @@ def log_manifest(manifest_path: Path) -> None:
     manifest = json.loads(Path(manifest_path).read_text())
     mlflow.log_artifact(str(manifest_path), artifact_path="data")
     source = HTTPDatasetSource(url=f"{manifest['source']}://{manifest['dataset']}")
-    dataset = MetaDataset(source=source, name=manifest["dataset"], digest=manifest["digest"])
+    # MLflow caps dataset digests at 36 characters; the full SHA-256 goes into a tag
+    digest = manifest["digest"][:32]
+    dataset = MetaDataset(source=source, name=manifest["dataset"], digest=digest)
     mlflow.log_input(dataset, context="training")
+    mlflow.set_tags({"data.digest": manifest["digest"], "data.source": manifest["source"]})
 
 
 def epoch_logger() -> Any:

@@ -11,10 +11,8 @@ from sarcoma_seg import sources
 from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.params import load_params
 
-RAW_DIR = Path("data/raw")
 
-
-def download(data_params: dict[str, Any], seed: int, out_dir: Path = RAW_DIR) -> dict[str, Any]:
+def download(data_params: dict[str, Any], seed: int, out_dir: Path) -> dict[str, Any]:
     """Fetch the configured source into out_dir and return its manifest."""
     return sources.fetch(data_params, seed, out_dir)
 
@@ -28,7 +26,7 @@ def summary(manifest: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    """Read params.yaml in the current directory and write data/raw/."""
+    """Read params.yaml in the current directory and write the raw folder (paths.raw)."""
     params = load_params()
     data_params = params.get("data")
     if not isinstance(data_params, dict):
@@ -36,7 +34,7 @@ def main() -> None:
     seed = params.get("base", {}).get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SarcomaSegError(f"params.yaml: base.seed={seed!r} must be an integer")
-    print(summary(download(data_params, seed)))
+    print(summary(download(data_params, seed, Path(params["paths"]["raw"]))))
 
 
 if __name__ == "__main__":

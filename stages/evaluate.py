@@ -33,7 +33,7 @@ def summarise(rows: list[dict[str, Any]], slices: dict[str, float]) -> dict[str,
         values = np.array([r[key] for r in rows])
         summary |= {f"{key}_mean": values.mean(), f"{key}_median": np.median(values)}
         summary[f"{key}_std"] = values.std()
-    return {k: round(float(v), 6) for k, v in summary.items()}
+    return {k: v if isinstance(v, int) else round(float(v), 6) for k, v in summary.items()}
 
 
 def figure_rows(data: SliceSet, count: int) -> np.ndarray:

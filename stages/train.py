@@ -17,7 +17,7 @@ from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
 from sarcoma_seg.transforms import Preprocessing, build_augmentation, preprocessing_from_params
 
-MONITOR = "val_iou_score"  # the original study's metric decides the best epoch
+MONITOR = "val_loss"  # continuous, unlike the thresholded IoU that empty slices saturate
 
 
 def train(
@@ -26,19 +26,19 @@ def train(
     """Fit with augmentation, LR schedule, early stopping; return the best model and history."""
     tp, seed = params["train"], params["base"]["seed"]
     seed_everything(seed)
-    model = build_unet(tp["backbone"], tp["encoder_weights"], pre.channels)
+    model = build_unet(tp["backbone"], tp["encoder_weights"], pre.channels, tp["bn_momentum"])
     compile_unet(model, tp)
     augment = build_augmentation(tp["augment"], pre.image_size, seed)
     weights = out / "best.weights.h5"
     callbacks = [
         tf.keras.callbacks.ModelCheckpoint(
-            str(weights), monitor=MONITOR, mode="max", save_best_only=True, save_weights_only=True
+            str(weights), monitor=MONITOR, mode="min", save_best_only=True, save_weights_only=True
         ),
         tf.keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=tp["lr_factor"], patience=tp["lr_patience"], verbose=0
         ),
         tf.keras.callbacks.EarlyStopping(
-            monitor=MONITOR, mode="max", patience=tp["early_stopping_patience"]
+            monitor=MONITOR, mode="min", patience=tp["early_stopping_patience"]
         ),
         tracking.epoch_logger(),
     ]
@@ -84,12 +84,12 @@ def main() -> None:
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
         model, history = train(train_set, val_set, params, pre, out)
-        model.save(out / "model.keras", include_optimizer=False)
+        model.save(out / "model.keras")
         write_history(history, plots / "history.csv")
         for key in ("loss", "iou_score"):
             history_figure(history, key, figures / f"{key}.png")
             mlflow.log_artifact(str(figures / f"{key}.png"), artifact_path="plots")
-        best = max(range(len(history[MONITOR])), key=history[MONITOR].__getitem__)
+        best = min(range(len(history[MONITOR])), key=history[MONITOR].__getitem__)
         summary = {k: history[k][best] for k in history if k.startswith("val_")}
         summary |= {"best_epoch": best + 1, "epochs_run": len(history["loss"])}
         Path(paths["metrics"]).mkdir(parents=True, exist_ok=True)

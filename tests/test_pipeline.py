@@ -1,0 +1,115 @@
+"""End to end: the real `dvc repro` in a temporary copy of the repo, with tiny params, and the
+MLflow run it leaves behind (reopened, its model reloaded)."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    """Run a command in the copy; fail the test with its output if it fails."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def set_params(repo: Path, **train: object) -> None:
+    """Write the tiny params with train overrides."""
+    params = tiny_params()
+    params["train"].update(train)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran(output: str) -> list[str]:
+    """The stages that a dvc repro output says it ran."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git + DVC copy of the project's tracked files, reproduced once with tiny params."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    for name in tracked:
+        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    run(["git", "init", "-q"], repo)
+    set_params(repo)
+    first = run(["dvc", "repro"], repo)
+    assert ran(first) == ["download", "split", "preprocess", "train", "evaluate"]
+    return repo
+
+
+def test_repro_writes_metrics_plots_and_figures(repo: Path) -> None:
+    test = json.loads((repo / "metrics" / "evaluate.json").read_text())["test"]
+    assert test["patients"] == 1
+    assert {"dice_3d_mean", "dice_3d_median", "slice_iou", "slice_fscore"} <= set(test)
+    assert 0.0 <= test["dice_3d_mean"] <= 1.0
+    stats = json.loads((repo / "metrics" / "data_stats.json").read_text())
+    assert stats["train"]["patients"] == 2 and stats["train"]["slices"] == 24
+    history = (repo / "plots" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,loss,val_loss,iou_score,val_iou_score")
+    for name in ("loss.png", "iou_score.png", "predictions.png"):
+        assert (repo / "data" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    shown = run(["dvc", "metrics", "show", "--json"], repo)
+    assert "dice_3d_mean" in shown
+
+
+def test_second_repro_runs_nothing(repo: Path) -> None:
+    assert ran(run(["dvc", "repro"], repo)) == []
+
+
+def test_epochs_change_reruns_train_and_evaluate_only_and_is_deterministic(repo: Path) -> None:
+    before = (repo / "metrics" / "evaluate.json").read_text()
+    set_params(repo, epochs=1)
+    assert ran(run(["dvc", "repro"], repo)) == ["train", "evaluate"]
+    set_params(repo)
+    # --force: retrain for real instead of restoring the run cache, to prove determinism
+    assert ran(run(["dvc", "repro", "--force", "train"], repo)) == ["train", "evaluate"]
+    assert (repo / "metrics" / "evaluate.json").read_text() == before
+
+
+def test_mlflow_run_holds_everything_and_the_model_reloads(repo: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["sarcoma-seg"], output_format="list")
+    assert len(runs) >= 1
+    latest = runs[0]
+    assert latest.data.params["train.epochs"] == "2"
+    assert latest.data.params["data.source"] == "synthetic"
+    assert {"test_dice_3d_mean", "test_slice_iou", "val_loss", "best_val_iou_score"} <= set(
+        latest.data.metrics
+    )
+    history = mlflow.MlflowClient().get_metric_history(latest.info.run_id, "val_iou_score")
+    assert [m.step for m in history] == [0, 1]
+    client = mlflow.MlflowClient()
+    artifacts = {
+        a.path
+        for folder in ("plots", "evaluation", "data")
+        for a in client.list_artifacts(latest.info.run_id, folder)
+    }
+    assert {
+        "plots/loss.png",
+        "plots/iou_score.png",
+        "evaluation/predictions.png",
+        "evaluation/per_patient.csv",
+        "data/manifest.json",
+    } <= artifacts
+    model = mlflow.pyfunc.load_model(f"runs:/{latest.info.run_id}/model")
+    hu = np.full((3, 48, 48), -1000.0, dtype=np.float32)
+    masks = model.predict(hu)
+    assert masks.shape == (3, 48, 48) and set(np.unique(masks)) <= {0, 1}

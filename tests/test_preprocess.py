@@ -1,0 +1,70 @@
+"""Deterministic preprocessing: HU window, shapes, channels, mask binarisation."""
+
+import numpy as np
+import pytest
+
+from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.transforms import Preprocessing, build_augmentation, preprocessing_from_params
+
+PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=3)
+
+
+@pytest.mark.parametrize(
+    ("hu", "expected"), [(-1000, 0.0), (-160, 0.0), (-60, 0.25), (40, 0.5), (240, 1.0), (3000, 1.0)]
+)
+def test_window_maps_hu_linearly_and_clips(hu: float, expected: float) -> None:
+    out = PRE.image(np.full((64, 64), hu, dtype=np.float32))
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    assert np.allclose(out, expected)
+
+
+def test_image_shape_and_channels_replicated() -> None:
+    out = PRE.image(np.random.default_rng(0).normal(0, 100, (48, 40)))
+    assert out.shape == (32, 32, 3)
+    assert np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_mask_is_binarised_and_resized_nearest() -> None:
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[16:48, 16:48] = 2  # label 2 is tumour too (values 0, 1, 2 occur in the exported set)
+    out = PRE.mask(mask)
+    assert out.shape == (32, 32) and out.dtype == np.uint8
+    assert set(np.unique(out)) == {0, 1}
+    assert out.sum() == 16 * 16
+
+
+def test_volume_and_restore_roundtrip() -> None:
+    ct = np.zeros((3, 64, 64), dtype=np.float32)
+    assert PRE.volume(ct).shape == (3, 32, 32, 3)
+    small = np.zeros((32, 32), dtype=np.uint8)
+    small[8:24, 8:24] = 1
+    assert PRE.restore_mask(small, (64, 64)).sum() == 32 * 32
+
+
+@pytest.mark.parametrize(
+    ("base", "pre", "param"),
+    [
+        ({"image_size": 100}, {"hu_window": [-160, 240], "channels": 3}, "base.image_size"),
+        ({"image_size": 0}, {"hu_window": [-160, 240], "channels": 3}, "base.image_size"),
+        ({"image_size": 96}, {"hu_window": [240, -160], "channels": 3}, "preprocess.hu_window"),
+        ({"image_size": 96}, {"hu_window": [-160, 240], "channels": 2}, "preprocess.channels"),
+    ],
+)
+def test_bad_params_name_the_param(base: dict, pre: dict, param: str) -> None:
+    with pytest.raises(SarcomaSegError, match=param.replace(".", r"\.")):
+        preprocessing_from_params(base, pre)
+
+
+def test_augmentation_is_seeded_and_keeps_mask_binary() -> None:
+    cfg = {"horizontal_flip": {"enabled": True, "p": 1.0}, "affine": {"enabled": False}}
+    image = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[:, :8] = 1
+    out = build_augmentation(cfg, 32, seed=3)(image=image, mask=mask)
+    assert np.array_equal(out["image"], image[:, ::-1])
+    assert np.array_equal(out["mask"], mask[:, ::-1])
+
+
+def test_unknown_augmentation_lists_the_allowed_names() -> None:
+    with pytest.raises(SarcomaSegError, match="train.augment.elastic.*horizontal_flip"):
+        build_augmentation({"elastic": {"enabled": True}}, 32, seed=0)

@@ -1,0 +1,48 @@
+"""Patient-level split: no patient in two sets, deterministic, counts from params."""
+
+import pytest
+
+from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.split import split_patients
+
+PATIENTS = [f"STS_{i:03d}" for i in range(1, 11)]
+
+
+def test_no_patient_in_two_sets_and_all_assigned() -> None:
+    result = split_patients(PATIENTS, {"train": 6, "val": 2, "test": 2}, seed=1)
+    sets = [set(result[k]) for k in ("train", "val", "test")]
+    assert [len(s) for s in sets] == [6, 2, 2]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert set().union(*sets) == set(PATIENTS)
+    assert result["unused"] == []
+
+
+def test_same_seed_same_split_in_any_input_order() -> None:
+    counts = {"train": 6, "val": 2, "test": 2}
+    first = split_patients(PATIENTS, counts, seed=7)
+    assert split_patients(list(reversed(PATIENTS)), counts, seed=7) == first
+    others = [split_patients(PATIENTS, counts, seed=s)["test"] for s in range(8, 14)]
+    assert any(o != first["test"] for o in others)
+
+
+def test_train_null_takes_the_rest_and_leftovers_are_reported() -> None:
+    assert len(split_patients(PATIENTS, {"train": None, "val": 1, "test": 2}, 0)["train"]) == 7
+    assert len(split_patients(PATIENTS, {"train": 3, "val": 1, "test": 2}, 0)["unused"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("counts", "param"),
+    [
+        ({"train": 8, "val": 2, "test": 2}, "split.train"),
+        ({"train": 6, "val": 0, "test": 2}, "split.val"),
+        ({"train": 6, "val": 2, "test": "two"}, "split.test"),
+    ],
+)
+def test_bad_counts_name_the_param(counts: dict, param: str) -> None:
+    with pytest.raises(SarcomaSegError, match=param.replace(".", r"\.")):
+        split_patients(PATIENTS, counts, seed=0)
+
+
+def test_duplicate_ids_are_refused() -> None:
+    with pytest.raises(SarcomaSegError, match="duplicate"):
+        split_patients(PATIENTS + PATIENTS[:1], {"train": 6, "val": 2, "test": 2}, 0)
