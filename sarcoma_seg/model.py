@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import segmentation_models as sm
 import tensorflow as tf
 
@@ -10,6 +11,7 @@ from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.params import check_positive_int
 
 ENCODER_WEIGHTS = (None, "imagenet")
+TUMOUR_PRIOR = 0.01  # tumour is ~1% of pixels: start the head there, not at 0.5 (Lin et al. 2017)
 
 
 def _dice_focal(focal_weight: float) -> Any:
@@ -62,6 +64,8 @@ def build_unet(
     for layer in model.layers:
         if isinstance(layer, tf.keras.layers.BatchNormalization):
             layer.momentum = bn_momentum
+    head = model.get_layer("final_conv")
+    head.bias.assign(np.full(head.bias.shape, np.log(TUMOUR_PRIOR / (1 - TUMOUR_PRIOR))))
     return model
 
 

@@ -301,14 +301,18 @@ def paint_ct(anatomy: Anatomy, rng: np.random.Generator) -> np.ndarray:
     marrow_hu = rng.uniform(300.0, 650.0) + 40.0 * smooth_noise(rng, shape, 1.0)
     ct = np.where(anatomy.bone, np.where(anatomy.marrow, marrow_hu, cortex_hu), ct)
 
-    contrast = rng.uniform(25.0, 45.0)  # modest: learnable, but not a threshold away
+    contrast = rng.uniform(
+        45.0, 70.0
+    )  # modest, like an enhancing sarcoma: visible, not a threshold
     rim = 8.0 * (np.clip(anatomy.depth, 0, 1) - 0.6)  # mild rim enhancement, darker core
     texture = rng.uniform(6.0, 12.0) * smooth_noise(rng, shape, (0.7, 1.2, 1.2))
     ct = np.where(anatomy.tumour, muscle_hu + contrast + rim + texture, ct)
 
     ct = ndimage.gaussian_filter(ct, (0.0, 0.6, 0.6))  # partial-volume blur within each slice
     ct = add_table(ct, rng, anatomy.body)  # after the blur, which would wash a thin strip out
-    ct = ct + rng.uniform(10.0, 20.0) * smooth_noise(rng, shape, (0.0, 0.5, 0.5))
+    ct = ct + rng.uniform(8.0, 14.0) * smooth_noise(
+        rng, shape, (0.0, 0.5, 0.5)
+    )  # 5 mm slices: low noise
     return np.clip(np.rint(ct), *HU_CLIP).astype(np.int16)
 
 

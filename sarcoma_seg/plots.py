@@ -24,13 +24,17 @@ def history_figure(history: dict[str, list[float]], key: str, path: Path) -> Non
 
 
 def prediction_figure(
-    images: np.ndarray, truths: np.ndarray, preds: np.ndarray, titles: list[str], path: Path
+    images: list[np.ndarray],
+    truths: list[np.ndarray],
+    preds: list[np.ndarray],
+    titles: list[str],
+    path: Path,
 ) -> None:
-    """Rows of CT, ground truth overlay and predicted overlay for several slices."""
+    """Rows of CT (2D, scaled to [0, 1]), ground truth overlay and predicted overlay."""
     rows = len(images)
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
     for r in range(rows):
-        ct = images[r][..., 0]
+        ct = images[r]
         panels = [(None, "CT"), (truths[r], "ground truth"), (preds[r], "prediction")]
         for c, (mask, label) in enumerate(panels):
             ax = axes[r, c]

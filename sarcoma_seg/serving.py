@@ -1,13 +1,12 @@
 """The MLflow pyfunc model: raw HU slices in, binary tumour masks out, preprocessing included."""
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 
+from sarcoma_seg.inference import CONFIG_NAME, load_config, save_config, segment_volume
 from sarcoma_seg.transforms import Preprocessing
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -20,30 +19,21 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
         """Load the Keras model (without its loss objects) and the preprocessing config."""
         from sarcoma_seg.model import load_unet
 
-        config = json.loads(Path(context.artifacts["preprocessing"]).read_text())
-        self.threshold = float(config.pop("threshold"))
-        config["hu_window"] = tuple(config["hu_window"])
-        self.pre = Preprocessing(**config)
+        self.pre, self.threshold = load_config(Path(context.artifacts["preprocessing"]))
         self.model = load_unet(Path(context.artifacts["keras_model"]))
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
         """(N, rows, cols) or (rows, cols) HU -> uint8 masks of the same shape."""
-        from sarcoma_seg.model import predict_probabilities
-
         hu = np.asarray(model_input, dtype=np.float32)
         single = hu.ndim == 2
-        hu = hu[None] if single else hu
-        probs = predict_probabilities(self.model, self.pre.volume(hu))
-        masks = np.stack(
-            [self.pre.restore_mask(p >= self.threshold, s.shape) for p, s in zip(probs, hu)]
-        )
+        masks = segment_volume(self.model, self.pre, hu[None] if single else hu, self.threshold)
         return masks[0] if single else masks
 
 
 def log_pyfunc(keras_path: Path, pre: Preprocessing, threshold: float, work_dir: Path) -> Any:
     """Log the U-Net as a pyfunc that loads without segmentation-models' loss objects."""
-    config_path = Path(work_dir) / "preprocessing.json"
-    config_path.write_text(json.dumps({**asdict(pre), "threshold": threshold}, indent=2))
+    config_path = Path(work_dir) / CONFIG_NAME
+    save_config(config_path, pre, threshold)
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=UnetSegmenter(),

@@ -8,29 +8,96 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sarcoma_seg import __version__, kaggle_source, phantom
+from sarcoma_seg import __version__, kaggle_source, phantom, readers
 from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.volumes import (
+    STORE,
+    Volume,
+    find_kaggle_h5,
+    read_kaggle_h5,
+    resample,
+    write_store,
+)
 
 MANIFEST_NAME = "manifest.json"
+SOURCE_DIR = "source"  # downloaded or generated raw files keep their own layout here
 CHUNK = 1 << 20  # 1 MiB reads keep hashing large HDF5 files at constant memory
 
-Fetcher = Callable[[Path, dict, int], list[Path]]
+Loaded = tuple[list[Volume], Path, list[Path]]  # volumes, input root, the input files
+Source = Callable[[Path, dict, int], Loaded]
 
 
-def fetch_synthetic(out_dir: Path, data_params: dict, seed: int) -> list[Path]:
-    """SOURCES entry: write seeded phantom patients in the Kaggle file schema."""
+def load_synthetic(staging: Path, data_params: dict, seed: int) -> Loaded:
+    """SOURCES entry: write seeded phantom patients in the Kaggle file schema, then read them."""
     synthetic = data_params.get("synthetic")
     if not isinstance(synthetic, dict):
         raise SarcomaSegError("data.synthetic must be a mapping with n_patients and shape")
-    return phantom.write_phantom_set(
-        out_dir, synthetic.get("n_patients"), synthetic.get("shape"), seed
+    root = staging / SOURCE_DIR
+    files = phantom.write_phantom_set(
+        root, synthetic.get("n_patients"), synthetic.get("shape"), seed
     )
+    return read_kaggle_h5(find_kaggle_h5(root)), root, files
 
 
-SOURCES: dict[str, Fetcher] = {
-    "synthetic": fetch_synthetic,
-    "kaggle": kaggle_source.fetch_kaggle,
+def load_kaggle(staging: Path, data_params: dict, seed: int) -> Loaded:
+    """SOURCES entry: download the Kaggle data set and read its HDF5 file."""
+    root = staging / SOURCE_DIR
+    files = kaggle_source.fetch_kaggle(root, data_params, seed)
+    return read_kaggle_h5(find_kaggle_h5(root)), root, files
+
+
+def local_path(data_params: dict, kind: str) -> Path:
+    """data.path for a local source, checked to exist as the kind of thing the source reads."""
+    raw = data_params.get("path")
+    if not raw:
+        raise SarcomaSegError(f"data.path is required for data.source={data_params['source']!r}")
+    path = Path(str(raw)).expanduser()
+    ok = path.is_file() if kind == "file" else path.is_dir()
+    if not ok:
+        raise SarcomaSegError(f"data.path={str(raw)!r}: no such {kind}")
+    return path
+
+
+def load_hdf5(staging: Path, data_params: dict, seed: int) -> Loaded:
+    """SOURCES entry: a local file in the Kaggle schema, downloaded by hand."""
+    path = local_path(data_params, "file")
+    return read_kaggle_h5(path), path.parent, [path]
+
+
+def load_nifti(staging: Path, data_params: dict, seed: int) -> Loaded:
+    """SOURCES entry: a folder of NIfTI volumes (per-patient folders or nnU-Net / MSD layout)."""
+    path = local_path(data_params, "folder")
+    return readers.read_nifti(path), path, readers.nifti_inputs(path)
+
+
+def load_slices(staging: Path, data_params: dict, seed: int) -> Loaded:
+    """SOURCES entry: folders of exported PNG image / mask slices, pooled and grouped by patient."""
+    path = local_path(data_params, "folder")
+    return readers.read_slices(path), path, readers.slice_inputs(path)
+
+
+SOURCES: dict[str, Source] = {
+    "synthetic": load_synthetic,
+    "kaggle": load_kaggle,
+    "hdf5": load_hdf5,
+    "nifti": load_nifti,
+    "slices": load_slices,
 }
+
+
+def check_spacing(spacing: object) -> tuple[float, float, float] | None:
+    """data.spacing: null keeps native spacing, else three positive mm values (slice, row, col)."""
+    if spacing is None:
+        return None
+    if (
+        not isinstance(spacing, list | tuple)
+        or len(spacing) != 3
+        or not all(isinstance(s, int | float) and s > 0 for s in spacing)
+    ):
+        raise SarcomaSegError(
+            f"data.spacing={spacing!r} is not allowed; use null or [slice, row, col] mm > 0"
+        )
+    return tuple(float(s) for s in spacing)
 
 
 def describe(source: str, data_params: dict, seed: int) -> tuple[str, Any]:
@@ -55,15 +122,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_entries(root: Path) -> list[dict[str, Any]]:
-    """name (posix path relative to root), bytes and sha256 of every file under root, by name."""
-    entries = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        name = path.relative_to(root).as_posix()
-        if name != MANIFEST_NAME:
-            entries.append(
-                {"name": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-            )
+def file_entries(root: Path, files: list[Path]) -> list[dict[str, Any]]:
+    """name (posix path relative to root), bytes and sha256 of every input file, by name."""
+    entries = [
+        {
+            "name": Path(p).relative_to(root).as_posix(),
+            "bytes": Path(p).stat().st_size,
+            "sha256": sha256_file(p),
+        }
+        for p in files
+    ]
     return sorted(entries, key=lambda entry: entry["name"])
 
 
@@ -75,10 +143,15 @@ def files_digest(entries: list[dict[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-def build_manifest(source: str, data_params: dict, seed: int, root: Path) -> dict[str, Any]:
-    """The manifest for the files under root; it holds no paths, times or credentials."""
+def build_manifest(
+    source: str, data_params: dict, seed: int, loaded: Loaded, spacing: tuple | None
+) -> dict[str, Any]:
+    """The lineage of data/raw: every input file's hash and the patients read from them.
+
+    It holds no absolute paths, times or credentials."""
+    volumes, root, files = loaded
     dataset, version = describe(source, data_params, seed)
-    entries = file_entries(root)
+    entries = file_entries(root, files)
     if not entries:
         raise SarcomaSegError(f"data.source={source!r} produced no files")
     return {
@@ -87,6 +160,18 @@ def build_manifest(source: str, data_params: dict, seed: int, root: Path) -> dic
         "version": version,
         "files": entries,
         "digest": files_digest(entries),
+        "patients": [
+            {
+                "id": v.patient_id,
+                "shape": list(v.ct.shape),
+                "spacing_mm": list(v.spacing),
+                "units": v.units,
+                "tumour_voxels": int(v.mask.sum()),
+                "pet": v.pet is not None,
+            }
+            for v in volumes
+        ],
+        "resampled_to_mm": list(spacing) if spacing else None,
     }
 
 
@@ -112,13 +197,20 @@ def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
     if not isinstance(data_params, dict):
         raise SarcomaSegError("params.yaml: section data must be a mapping")
     source = choice("data.source", data_params.get("source"), SOURCES)
+    spacing = check_spacing(data_params.get("spacing"))
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; it becomes the ordinary data/raw
-        SOURCES[source](tmp, data_params, seed)
-        manifest = build_manifest(source, data_params, seed, tmp)
+        loaded = SOURCES[source](tmp, data_params, seed)  # reads and validates every input
+        volumes = loaded[0]
+        if not volumes:
+            raise SarcomaSegError(f"data.source={source!r}: no patients found")
+        if spacing:
+            volumes = [resample(v, spacing) for v in volumes]
+        write_store(tmp / STORE, volumes)
+        manifest = build_manifest(source, data_params, seed, loaded, spacing)
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         (tmp / MANIFEST_NAME).write_text(text)
         replace_dir(tmp, out_dir)

@@ -48,9 +48,15 @@ class Preprocessing:
         return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), cv2.INTER_NEAREST)
 
 
-def preprocessing_from_params(base: dict[str, Any], pre: dict[str, Any]) -> Preprocessing:
+WINDOW_PARAMS = {"HU": "hu_window", "png8": "png8_window"}  # which window fits which units
+
+
+def preprocessing_from_params(
+    base: dict[str, Any], pre: dict[str, Any], units: str = "HU"
+) -> Preprocessing:
     """Build and validate the Preprocessing from the base and preprocess params sections."""
-    window = pre.get("hu_window")
+    name = WINDOW_PARAMS[units]
+    window = pre.get(name, [0, 255] if units == "png8" else None)
     if (
         not isinstance(window, list | tuple)
         or len(window) != 2
@@ -58,7 +64,7 @@ def preprocessing_from_params(base: dict[str, Any], pre: dict[str, Any]) -> Prep
         or window[0] >= window[1]
     ):
         raise SarcomaSegError(
-            f"preprocess.hu_window={window!r} is not allowed; give [low, high] HU with low < high"
+            f"preprocess.{name}={window!r} is not allowed; give [low, high] with low < high"
         )
     channels = check_positive_int("preprocess.channels", pre.get("channels"))
     if channels not in (1, 3):

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from sarcoma_seg.dataset import SliceSet, save_slice_set
-from sarcoma_seg.errors import run_cli
+from sarcoma_seg.errors import SarcomaSegError, run_cli
+from sarcoma_seg.inference import CONFIG_NAME, save_config
 from sarcoma_seg.params import load_params
 from sarcoma_seg.split import SETS
 from sarcoma_seg.transforms import Preprocessing, preprocessing_from_params
@@ -41,13 +42,19 @@ def main() -> None:
     """Write one .npz per split and the data statistics metrics file."""
     params = load_params()
     paths = params["paths"]
-    pre = preprocessing_from_params(params["base"], params["preprocess"])
+    preprocessing_from_params(params["base"], params["preprocess"])  # validate before reading
     split = json.loads(Path(paths["split"]).read_text())
-    sets = {name: slice_set(load_volumes(Path(paths["raw"]), split[name]), pre) for name in SETS}
+    volumes = {name: load_volumes(Path(paths["raw"]), split[name]) for name in SETS}
+    units = {v.units for vols in volumes.values() for v in vols}
+    if len(units) != 1:
+        raise SarcomaSegError(f"{paths['raw']}: patients mix intensity units {sorted(units)}")
+    pre = preprocessing_from_params(params["base"], params["preprocess"], units.pop())
+    sets = {name: slice_set(vols, pre) for name, vols in volumes.items()}
     out = Path(paths["preprocessed"])
     out.mkdir(parents=True, exist_ok=True)
     for name, data in sets.items():
         save_slice_set(out / f"{name}.npz", data)
+    save_config(out / CONFIG_NAME, pre)  # train, evaluate and predict reuse exactly this
     metrics = Path(paths["metrics"])
     metrics.mkdir(parents=True, exist_ok=True)
     summary = {name: stats(data) for name, data in sets.items()}

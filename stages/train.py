@@ -10,12 +10,13 @@ import tensorflow as tf
 
 from sarcoma_seg import tracking
 from sarcoma_seg.dataset import SliceSet, batch_sequence, load_slice_set
-from sarcoma_seg.errors import run_cli
+from sarcoma_seg.errors import SarcomaSegError, run_cli
+from sarcoma_seg.inference import CONFIG_NAME, load_config
 from sarcoma_seg.model import build_unet, check_train_params, compile_unet, seed_everything
-from sarcoma_seg.params import load_params
+from sarcoma_seg.params import check_image_size, load_params
 from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
-from sarcoma_seg.transforms import Preprocessing, build_augmentation, preprocessing_from_params
+from sarcoma_seg.transforms import Preprocessing, build_augmentation
 
 MONITOR = "val_loss"  # continuous, unlike the thresholded IoU that empty slices saturate
 
@@ -71,8 +72,12 @@ def main() -> None:
     params = load_params()
     paths, tp = params["paths"], params["train"]
     check_train_params(tp)
-    pre = preprocessing_from_params(params["base"], params["preprocess"])
-    build_augmentation(tp["augment"], pre.image_size, 0)  # validate before any output
+    check_image_size(params["base"]["image_size"])
+    threshold = params["evaluate"]["threshold"]  # the model carries it, so predict == evaluate
+    if not isinstance(threshold, int | float) or not 0 < threshold < 1:
+        raise SarcomaSegError(f"evaluate.threshold={threshold!r} is not allowed; use 0 < t < 1")
+    build_augmentation(tp["augment"], params["base"]["image_size"], 0)  # validate before output
+    pre, _ = load_config(Path(paths["preprocessed"]) / CONFIG_NAME)
     train_set = load_slice_set(Path(paths["preprocessed"]) / "train.npz")
     val_set = load_slice_set(Path(paths["preprocessed"]) / "val.npz")
     out, plots, figures = Path(paths["model"]), Path(paths["plots"]), Path(paths["figures"])
@@ -96,7 +101,7 @@ def main() -> None:
         (Path(paths["metrics"]) / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
         mlflow.log_artifact(str(plots / "history.csv"), artifact_path="plots")
-        log_pyfunc(out / "model.keras", pre, params["evaluate"]["threshold"], out)
+        log_pyfunc(out / "model.keras", pre, threshold, out)
         tracking.write_run_info(out / "mlflow_run.json", run)
     print(f"best epoch {best + 1}: {summary}")
 

@@ -59,10 +59,12 @@ def test_main_writes_files_and_a_matching_manifest(
     manifest = read_manifest(project)
     names = [entry["name"] for entry in manifest["files"]]
     assert names == ["lab_petct_vox_5.00mm.h5", "study_list.csv"]
-    assert sorted(p.name for p in raw.iterdir()) == sorted([*names, "manifest.json"])
+    assert sorted(p.name for p in raw.iterdir()) == ["manifest.json", "source", "volumes.h5"]
+    assert [p["id"] for p in manifest["patients"]] == ["SYN_001", "SYN_002"]
+    assert manifest["patients"][0]["spacing_mm"] == [5.0, 5.0, 5.0]
     pairs = hashlib.sha256()
     for entry in manifest["files"]:
-        data = (raw / entry["name"]).read_bytes()
+        data = (raw / "source" / entry["name"]).read_bytes()
         assert entry["bytes"] == len(data)
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         pairs.update(f"{entry['name']}\0{entry['sha256']}\n".encode())

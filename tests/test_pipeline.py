@@ -20,6 +20,11 @@ pytestmark = pytest.mark.slow
 def run(cmd: list[str], cwd: Path) -> str:
     """Run a command in the copy; fail the test with its output if it fails."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {
+        f"GIT_{who}_{what}": value
+        for who in ("AUTHOR", "COMMITTER")
+        for what, value in (("NAME", "sarcoma-seg tests"), ("EMAIL", "tests@localhost"))
+    }
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -50,6 +55,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(ROOT / name, repo / name)
     run(["git", "init", "-q"], repo)
     set_params(repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny params"], repo)  # dvc exp needs a commit to branch from
     first = run(["dvc", "repro"], repo)
     assert ran(first) == ["download", "split", "preprocess", "train", "evaluate"]
     return repo
@@ -113,3 +120,11 @@ def test_mlflow_run_holds_everything_and_the_model_reloads(repo: Path) -> None:
     hu = np.full((3, 48, 48), -1000.0, dtype=np.float32)
     masks = model.predict(hu)
     assert masks.shape == (3, 48, 48) and set(np.unique(masks)) <= {0, 1}
+
+
+def test_dvc_exp_run_and_show_list_params_and_metrics(repo: Path) -> None:
+    run(["dvc", "exp", "run", "-S", "train.epochs=1", "-n", "one-epoch"], repo)
+    shown = run(["dvc", "exp", "show", "--json"], repo)
+    assert "one-epoch" in shown
+    assert '"train.json"' in shown or "train.json" in shown
+    assert "dice_3d_mean" in shown and '"epochs": 1' in shown
