@@ -15,8 +15,12 @@ EXPERIMENT = "sarcoma-seg"
 
 
 def repo_root(start: Path | None = None) -> Path:
-    """The project root: the nearest folder at or above start that holds dvc.yaml."""
+    """The project root: the nearest folder at or above start that holds dvc.yaml.
+
+    Queued `dvc exp run`s work in copies under <root>/.dvc/tmp/exps; they report to <root>."""
     here = (start or Path.cwd()).resolve()
+    if ".dvc" in here.parts:
+        return Path(*here.parts[: here.parts.index(".dvc")])
     for folder in (here, *here.parents):
         if (folder / "dvc.yaml").is_file():
             return folder

@@ -42,10 +42,8 @@ def ran(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git + DVC copy of the project's tracked files, reproduced once with tiny params."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+def copy_project(repo: Path) -> Path:
+    """A git repository holding the project's tracked files, without results."""
     tracked = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
@@ -54,6 +52,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     run(["git", "init", "-q"], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git + DVC copy of the project's tracked files, reproduced once with tiny params."""
+    repo = copy_project(tmp_path_factory.mktemp("pipeline") / "repo")
     set_params(repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny params"], repo)  # dvc exp needs a commit to branch from
@@ -128,3 +133,27 @@ def test_dvc_exp_run_and_show_list_params_and_metrics(repo: Path) -> None:
     assert "one-epoch" in shown
     assert '"train.json"' in shown or "train.json" in shown
     assert "dice_3d_mean" in shown and '"epochs": 1' in shown
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("source", "folder", "counts"),
+    [("nifti", "ibsi-sts", (None, 2, 3)), ("slices", "sts-slices", (None, 1, 2))],
+)
+def test_real_sources_run_end_to_end_on_held_out_patients(
+    tmp_path: Path, shared_data: Path, source: str, folder: str, counts: tuple
+) -> None:
+    repo = copy_project(tmp_path / "repo")
+    params = tiny_params()
+    params["data"].update(source=source, path=str(shared_data / folder))
+    params["split"] = dict(zip(("train", "val", "test"), counts))
+    params["train"].update(epochs=1, batch_size=16)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(run(["dvc", "repro"], repo))[-1] == "evaluate"
+    split = json.loads((repo / "data" / "split.json").read_text())
+    rows = (repo / "metrics" / "per_patient.csv").read_text().splitlines()[1:]
+    evaluated = sorted(row.split(",")[0] for row in rows)
+    assert evaluated == split["test"] and len(evaluated) == counts[2]
+    assert not set(evaluated) & set(split["train"] + split["val"])
+    manifest = json.loads((repo / "data" / "raw" / "manifest.json").read_text())
+    assert manifest["source"] == source and len(manifest["files"]) > 20
