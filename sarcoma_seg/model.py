@@ -1,5 +1,6 @@
 """The segmentation-models U-Net, its losses and metrics, and deterministic setup."""
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,16 @@ def compile_unet(model: tf.keras.Model, train: dict[str, Any]) -> None:
         loss=loss,
         metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5)],
     )
+
+
+MODEL_FILE = "model.h5"  # HDF5: tf-keras reads a .keras zip ~60x slower (38 s vs 0.6 s here)
+
+
+def save_unet(model: tf.keras.Model, path: Path) -> None:
+    """Save the whole model (architecture + weights) as one HDF5 file."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
+        model.save(path, save_format="h5", include_optimizer=False)
 
 
 def load_unet(path: Path) -> tf.keras.Model:

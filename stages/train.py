@@ -12,7 +12,14 @@ from sarcoma_seg import tracking
 from sarcoma_seg.dataset import SliceSet, batch_sequence, load_slice_set
 from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import CONFIG_NAME, load_config
-from sarcoma_seg.model import build_unet, check_train_params, compile_unet, seed_everything
+from sarcoma_seg.model import (
+    MODEL_FILE,
+    build_unet,
+    check_train_params,
+    compile_unet,
+    save_unet,
+    seed_everything,
+)
 from sarcoma_seg.params import check_image_size, load_params
 from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
@@ -89,7 +96,7 @@ def main() -> None:
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
         model, history = train(train_set, val_set, params, pre, out)
-        model.save(out / "model.keras")
+        save_unet(model, out / MODEL_FILE)
         write_history(history, plots / "history.csv")
         for key in ("loss", "iou_score"):
             history_figure(history, key, figures / f"{key}.png")
@@ -101,7 +108,7 @@ def main() -> None:
         (Path(paths["metrics"]) / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
         mlflow.log_artifact(str(plots / "history.csv"), artifact_path="plots")
-        log_pyfunc(out / "model.keras", pre, threshold, out)
+        log_pyfunc(out / MODEL_FILE, pre, threshold, out)
         tracking.write_run_info(out / "mlflow_run.json", run)
     print(f"best epoch {best + 1}: {summary}")
 
