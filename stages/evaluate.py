@@ -20,16 +20,16 @@ from sarcoma_seg.volumes import Volume, load_volumes
 
 
 def score(volumes: list[Volume], preds: list[np.ndarray]) -> tuple[list[dict], dict[str, Any]]:
-    """Per-patient 3D rows, and the summary: 3D mean / median / std plus slice-level scores."""
+    """Per-patient 3D rows, and the summary: mean / median / std of each plus slice scores."""
     rows = [
-        {"patient": v.patient_id, **volume_scores(p, v.mask, v.voxel_volume_mm3)}
+        {"patient": v.patient_id, **volume_scores(p, v.mask, v.spacing)}
         for v, p in zip(volumes, preds)
     ]
     slice_iou = np.concatenate([iou(p, v.mask, (1, 2)) for v, p in zip(volumes, preds)])
     slice_f = np.concatenate([dice(p, v.mask, (1, 2)) for v, p in zip(volumes, preds)])
     summary: dict[str, Any] = {"patients": len(rows), "slices": len(slice_iou)}
     summary |= {"slice_iou": slice_iou.mean(), "slice_fscore": slice_f.mean()}
-    for key in ("dice_3d", "iou_3d"):
+    for key in [k for k in rows[0] if k not in ("patient", "volume_true_cm3", "volume_pred_cm3")]:
         values = np.array([r[key] for r in rows])
         summary |= {f"{key}_mean": values.mean(), f"{key}_median": np.median(values)}
         summary[f"{key}_std"] = values.std()
