@@ -55,8 +55,32 @@ def load_slice_set(path: Path) -> SliceSet:
         )
 
 
-def batch_sequence(data: SliceSet, batch_size: int, augment=None, seed: int = 0):
-    """A Keras Sequence of (images, masks) batches; shuffled and augmented when augment is given."""
+def epoch_order(
+    masks: np.ndarray, rng: np.random.Generator, tumour_fraction: float | None = None
+) -> np.ndarray:
+    """Shuffled slice indices for one epoch; with tumour_fraction, tumour-bearing slices are drawn
+    again (with replacement) until they make up that fraction of the epoch."""
+    order = np.arange(len(masks))
+    has_tumour = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+    if tumour_fraction and len(has_tumour):
+        empty = len(masks) - len(has_tumour)
+        # t / (t + e) = f  =>  t = f e / (1 - f): how many tumour slices the epoch needs
+        needed = int(np.ceil(tumour_fraction * empty / (1.0 - tumour_fraction)))
+        extra = max(0, needed - len(has_tumour))
+        order = np.concatenate([order, rng.choice(has_tumour, size=extra, replace=True)])
+    rng.shuffle(order)
+    return order
+
+
+def batch_sequence(
+    data: SliceSet,
+    batch_size: int,
+    augment=None,
+    seed: int = 0,
+    tumour_fraction: float | None = None,
+):
+    """A Keras Sequence of (images, masks) batches; shuffled, oversampled and augmented when
+    augment is given (training), plain and in order otherwise (validation)."""
     import tensorflow as tf
 
     class Batches(tf.keras.utils.Sequence):
@@ -65,7 +89,7 @@ def batch_sequence(data: SliceSet, batch_size: int, augment=None, seed: int = 0)
             self.rng = np.random.default_rng(seed)
             self.order = np.arange(len(data.images))
             if augment is not None:
-                self.rng.shuffle(self.order)
+                self.order = epoch_order(data.masks, self.rng, tumour_fraction)
 
         def __len__(self) -> int:
             return int(np.ceil(len(self.order) / batch_size))
@@ -80,7 +104,9 @@ def batch_sequence(data: SliceSet, batch_size: int, augment=None, seed: int = 0)
             return images.astype(np.float32), masks[..., None].astype(np.float32)
 
         def on_epoch_end(self) -> None:
-            if augment is not None:
-                self.rng.shuffle(self.order)
+            if augment is not None and tumour_fraction:
+                self.order = epoch_order(data.masks, self.rng, tumour_fraction)
+            elif augment is not None:
+                self.rng.shuffle(self.order)  # reshuffle in place: the order results were made with
 
     return Batches()

@@ -7,35 +7,70 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
-from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.transforms import Preprocessing
 
 CONFIG_NAME = "preprocessing.json"
 
 
-def save_config(path: Path, pre: Preprocessing, threshold: float | None = None) -> None:
-    """Write the preprocessing (and the model's threshold, once there is a model)."""
-    config = {**asdict(pre), "threshold": threshold}
+POSTPROCESS = ("none", "largest_component")
+
+
+def check_inference(inference: dict[str, Any]) -> dict[str, Any]:
+    """Validate the inference section: threshold, postprocessing, flip test-time augmentation."""
+    threshold = inference.get("threshold")
+    if not isinstance(threshold, int | float) or not 0 < threshold < 1:
+        raise SarcomaSegError(f"inference.threshold={threshold!r} is not allowed; use 0 < t < 1")
+    choice("inference.postprocess", inference.get("postprocess", "none"), POSTPROCESS)
+    if not isinstance(inference.get("tta_flip", False), bool):
+        raise SarcomaSegError("inference.tta_flip must be true or false")
+    return {
+        "threshold": float(threshold),
+        "postprocess": inference.get("postprocess", "none"),
+        "tta_flip": inference.get("tta_flip", False),
+    }
+
+
+def save_config(path: Path, pre: Preprocessing, inference: dict[str, Any] | None = None) -> None:
+    """Write the preprocessing (and, once there is a model, how it infers) beside the data."""
+    config = {**asdict(pre), "inference": inference}
     Path(path).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_config(path: Path) -> tuple[Preprocessing, float | None]:
+def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
     """Read what save_config wrote."""
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise SarcomaSegError(f"{path}: cannot read the preprocessing ({exc})") from exc
-    threshold = config.pop("threshold", None)
+    inference = config.pop("inference", None)
     config["hu_window"] = tuple(config["hu_window"])
-    return Preprocessing(**config), threshold
+    return Preprocessing(**config), inference
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 3D connected component (26-connectivity) of a binary mask."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return (labels == 1 + int(np.argmax(sizes))).astype(mask.dtype)
 
 
 def segment_volume(
-    model: Any, pre: Preprocessing, ct: np.ndarray, threshold: float, batch_size: int = 8
+    model: Any, pre: Preprocessing, ct: np.ndarray, inference: dict[str, Any], batch_size: int = 8
 ) -> np.ndarray:
     """(slices, rows, cols) HU -> uint8 tumour mask on the same grid."""
     from sarcoma_seg.model import predict_probabilities
 
-    probs = predict_probabilities(model, pre.volume(ct), batch_size)
-    return np.stack([pre.restore_mask(p >= threshold, s.shape) for p, s in zip(probs, ct)])
+    images = pre.volume(ct)
+    probs = predict_probabilities(model, images, batch_size)
+    if inference["tta_flip"]:  # average with the left-right mirror, mirrored back
+        probs = (
+            probs + predict_probabilities(model, images[:, :, ::-1], batch_size)[:, :, ::-1]
+        ) / 2
+    threshold = inference["threshold"]
+    mask = np.stack([pre.restore_mask(p >= threshold, s.shape) for p, s in zip(probs, ct)])
+    return largest_component(mask) if inference["postprocess"] == "largest_component" else mask

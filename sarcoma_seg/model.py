@@ -40,6 +40,11 @@ def check_train_params(train: dict[str, Any]) -> None:
     choice("train.loss", train.get("loss", "dice_focal"), LOSSES)
     check_positive_int("train.epochs", train.get("epochs"))
     check_positive_int("train.batch_size", train.get("batch_size"))
+    fraction = train.get("tumour_fraction")
+    if fraction is not None and (not isinstance(fraction, int | float) or not 0 < fraction < 1):
+        raise SarcomaSegError(
+            f"train.tumour_fraction={fraction!r} is not allowed; use null or 0 < f < 1"
+        )
     lr = train.get("learning_rate")
     if not isinstance(lr, int | float) or lr <= 0:
         raise SarcomaSegError(f"train.learning_rate={lr!r} is not allowed; it must be > 0")

@@ -19,21 +19,21 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
         """Load the Keras model (without its loss objects) and the preprocessing config."""
         from sarcoma_seg.model import load_unet
 
-        self.pre, self.threshold = load_config(Path(context.artifacts["preprocessing"]))
+        self.pre, self.inference = load_config(Path(context.artifacts["preprocessing"]))
         self.model = load_unet(Path(context.artifacts["keras_model"]))
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
         """(N, rows, cols) or (rows, cols) HU -> uint8 masks of the same shape."""
         hu = np.asarray(model_input, dtype=np.float32)
         single = hu.ndim == 2
-        masks = segment_volume(self.model, self.pre, hu[None] if single else hu, self.threshold)
+        masks = segment_volume(self.model, self.pre, hu[None] if single else hu, self.inference)
         return masks[0] if single else masks
 
 
-def log_pyfunc(keras_path: Path, pre: Preprocessing, threshold: float, work_dir: Path) -> Any:
+def log_pyfunc(keras_path: Path, pre: Preprocessing, inference: dict, work_dir: Path) -> Any:
     """Log the U-Net as a pyfunc that loads without segmentation-models' loss objects."""
     config_path = Path(work_dir) / CONFIG_NAME
-    save_config(config_path, pre, threshold)
+    save_config(config_path, pre, inference)
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=UnetSegmenter(),

@@ -33,3 +33,35 @@ def split_patients(
         start += sizes[name]
     result["unused"] = sorted(order[start:])
     return result
+
+
+def kfold_patients(
+    patient_ids: list[str], folds: object, fold: object, val: object, seed: int
+) -> dict[str, list[str]]:
+    """Fold `fold` of a seeded patient-level k-fold: its patients are the test set, `val` of the
+    others validate, the rest train. Every patient is tested in exactly one fold."""
+    ids = sorted(set(patient_ids))
+    k = check_positive_int("split.folds", folds, minimum=2)
+    if k > len(ids):
+        raise SarcomaSegError(f"split.folds={k} is more than the {len(ids)} patients available")
+    if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < k:
+        raise SarcomaSegError(f"split.fold={fold!r} is not allowed; choose 0 to {k - 1}")
+    val = check_positive_int("split.val", val)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    chunks = np.array_split(np.array(order), k)
+    rest = [p for i, chunk in enumerate(chunks) if i != fold for p in chunk.tolist()]
+    if val >= len(rest):
+        raise SarcomaSegError(f"split.val={val} leaves no training patients in fold {fold}")
+    return {
+        "train": sorted(rest[val:]),
+        "val": sorted(rest[:val]),
+        "test": sorted(chunks[fold].tolist()),
+        "unused": [],
+    }
+
+
+def make_split(patient_ids: list[str], split: dict, seed: int) -> dict[str, list[str]]:
+    """k-fold when split.folds is set, else the plain train / val / test counts."""
+    if split.get("folds") is None:
+        return split_patients(patient_ids, split, seed)
+    return kfold_patients(patient_ids, split["folds"], split.get("fold", 0), split.get("val"), seed)

@@ -59,11 +59,11 @@ def main() -> None:
     params = load_params()
     paths, ev = params["paths"], params["evaluate"]
     model_dir = Path(paths["model"])
-    pre, threshold = load_config(model_dir / CONFIG_NAME)
+    pre, inference = load_config(model_dir / CONFIG_NAME)
     model = load_unet(model_dir / MODEL_FILE)
     test_ids = json.loads(Path(paths["split"]).read_text())["test"]
     volumes = load_volumes(Path(paths["raw"]), test_ids)
-    preds = [segment_volume(model, pre, v.ct, threshold) for v in volumes]
+    preds = [segment_volume(model, pre, v.ct, inference) for v in volumes]
     rows, summary = score(volumes, preds)
     figures, metrics = Path(paths["figures"]), Path(paths["metrics"])
     figures.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from sarcoma_seg.errors import run_cli
 from sarcoma_seg.params import load_params
-from sarcoma_seg.split import split_patients
+from sarcoma_seg.split import make_split
 from sarcoma_seg.volumes import raw_patient_ids
 
 
@@ -14,7 +14,7 @@ def main() -> None:
     params = load_params()
     paths = params["paths"]
     patients = raw_patient_ids(Path(paths["raw"]))
-    result = split_patients(patients, params["split"], params["base"]["seed"])
+    result = make_split(patients, params["split"], params["base"]["seed"])
     out = Path(paths["split"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seed": params["base"]["seed"], **result}, indent=2) + "\n")

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from sarcoma_seg import tracking
 from sarcoma_seg.dataset import SliceSet, batch_sequence, load_slice_set
-from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import CONFIG_NAME, load_config
+from sarcoma_seg.errors import run_cli
+from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config
 from sarcoma_seg.model import (
     MODEL_FILE,
     build_unet,
@@ -51,7 +51,7 @@ def train(
         tracking.epoch_logger(),
     ]
     fit = model.fit(
-        batch_sequence(train_set, tp["batch_size"], augment, seed),
+        batch_sequence(train_set, tp["batch_size"], augment, seed, tp["tumour_fraction"]),
         validation_data=batch_sequence(val_set, tp["batch_size"]),
         epochs=tp["epochs"],
         callbacks=callbacks,
@@ -80,9 +80,7 @@ def main() -> None:
     paths, tp = params["paths"], params["train"]
     check_train_params(tp)
     check_image_size(params["base"]["image_size"])
-    threshold = params["evaluate"]["threshold"]  # the model carries it, so predict == evaluate
-    if not isinstance(threshold, int | float) or not 0 < threshold < 1:
-        raise SarcomaSegError(f"evaluate.threshold={threshold!r} is not allowed; use 0 < t < 1")
+    inference = check_inference(params["inference"])  # the model carries it: predict == evaluate
     build_augmentation(tp["augment"], params["base"]["image_size"], 0)  # validate before output
     pre, _ = load_config(Path(paths["preprocessed"]) / CONFIG_NAME)
     train_set = load_slice_set(Path(paths["preprocessed"]) / "train.npz")
@@ -108,7 +106,7 @@ def main() -> None:
         (Path(paths["metrics"]) / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
         mlflow.log_artifact(str(plots / "history.csv"), artifact_path="plots")
-        log_pyfunc(out / MODEL_FILE, pre, threshold, out)
+        log_pyfunc(out / MODEL_FILE, pre, inference, out)
         tracking.write_run_info(out / "mlflow_run.json", run)
     print(f"best epoch {best + 1}: {summary}")
 

@@ -3,7 +3,7 @@
 import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.split import split_patients
+from sarcoma_seg.split import kfold_patients, make_split, split_patients
 
 PATIENTS = [f"STS_{i:03d}" for i in range(1, 11)]
 
@@ -46,3 +46,26 @@ def test_bad_counts_name_the_param(counts: dict, param: str) -> None:
 def test_duplicate_ids_are_refused() -> None:
     with pytest.raises(SarcomaSegError, match="duplicate"):
         split_patients(PATIENTS + PATIENTS[:1], {"train": 6, "val": 2, "test": 2}, 0)
+
+
+def test_kfold_tests_every_patient_exactly_once_without_leakage() -> None:
+    tested = []
+    for fold in range(3):
+        result = make_split(PATIENTS, {"folds": 3, "fold": fold, "val": 2}, seed=5)
+        sets = [set(result[k]) for k in ("train", "val", "test")]
+        assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+        assert set().union(*sets) == set(PATIENTS) and len(result["val"]) == 2
+        tested += result["test"]
+    assert sorted(tested) == PATIENTS
+    assert make_split(PATIENTS, {"folds": 3, "fold": 1, "val": 2}, 5) == kfold_patients(
+        PATIENTS, 3, 1, 2, 5
+    )
+
+
+@pytest.mark.parametrize(
+    ("folds", "fold", "param"),
+    [(1, 0, "split.folds"), (11, 0, "split.folds"), (5, 5, "split.fold"), (5, -1, "split.fold")],
+)
+def test_bad_folds_name_the_param(folds: int, fold: int, param: str) -> None:
+    with pytest.raises(SarcomaSegError, match=param.replace(".", r"\.")):
+        kfold_patients(PATIENTS, folds, fold, 2, seed=0)
