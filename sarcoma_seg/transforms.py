@@ -15,19 +15,24 @@ from sarcoma_seg.params import check_image_size, check_positive_int
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """HU window -> [0, 1], resize to a square, replicate to the channels the encoder expects."""
+    """HU window -> [0, 1], resize to a square, then channels: the slice repeated as many times as
+    the encoder expects, or (2.5D, context > 0) the slice with `context` neighbours each side."""
 
     hu_window: tuple[float, float]
     image_size: int
     channels: int
+    context: int = 0  # neighbouring slices on each side; channels == 2 * context + 1 when > 0
 
-    def image(self, hu_slice: np.ndarray) -> np.ndarray:
-        """One axial HU slice (rows, cols) -> float32 (size, size, channels) in [0, 1]."""
+    def plane(self, hu_slice: np.ndarray) -> np.ndarray:
+        """One axial HU slice (rows, cols) -> float32 (size, size) in [0, 1]."""
         low, high = self.hu_window
         windowed = np.clip((hu_slice.astype(np.float32) - low) / (high - low), 0.0, 1.0)
         size = (self.image_size, self.image_size)
-        resized = cv2.resize(windowed, size, interpolation=cv2.INTER_AREA)
-        return np.repeat(resized[..., None], self.channels, axis=-1)
+        return cv2.resize(windowed, size, interpolation=cv2.INTER_AREA)
+
+    def image(self, hu_slice: np.ndarray) -> np.ndarray:
+        """One axial HU slice -> float32 (size, size, channels); a lone slice is its own context."""
+        return np.repeat(self.plane(hu_slice)[..., None], self.channels, axis=-1)
 
     def mask(self, mask_slice: np.ndarray) -> np.ndarray:
         """One mask slice -> uint8 (size, size) of 0/1; nearest keeps labels labels."""
@@ -37,7 +42,13 @@ class Preprocessing:
 
     def volume(self, ct: np.ndarray) -> np.ndarray:
         """A CT volume (slices, rows, cols) -> (slices, size, size, channels)."""
-        return np.stack([self.image(s) for s in ct])
+        planes = np.stack([self.plane(s) for s in ct])
+        if not self.context:
+            return np.repeat(planes[..., None], self.channels, axis=-1)
+        offsets = np.arange(-self.context, self.context + 1)
+        # edge slices repeat themselves where a neighbour is missing
+        neighbours = np.clip(np.arange(len(ct))[:, None] + offsets[None, :], 0, len(ct) - 1)
+        return planes[neighbours].transpose(0, 2, 3, 1)
 
     def volume_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask volume (slices, rows, cols) -> (slices, size, size)."""
@@ -67,10 +78,16 @@ def preprocessing_from_params(
             f"preprocess.{name}={window!r} is not allowed; give [low, high] with low < high"
         )
     channels = check_positive_int("preprocess.channels", pre.get("channels"))
-    if channels not in (1, 3):
+    context = check_positive_int("preprocess.context_slices", pre.get("context_slices", 0), 0)
+    if context and channels != 2 * context + 1:
+        raise SarcomaSegError(
+            f"preprocess.channels={channels} does not fit preprocess.context_slices={context}; "
+            f"2.5D input needs channels = {2 * context + 1}"
+        )
+    if not context and channels not in (1, 3):
         raise SarcomaSegError(f"preprocess.channels={channels} is not allowed; choose 1 or 3")
     size = check_image_size(base.get("image_size"))
-    return Preprocessing((float(window[0]), float(window[1])), size, channels)
+    return Preprocessing((float(window[0]), float(window[1])), size, channels, context)
 
 
 def _blur_sharpen(cfg: dict[str, Any]) -> A.BasicTransform:

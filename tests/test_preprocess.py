@@ -68,3 +68,20 @@ def test_augmentation_is_seeded_and_keeps_mask_binary() -> None:
 def test_unknown_augmentation_lists_the_allowed_names() -> None:
     with pytest.raises(SarcomaSegError, match="train.augment.elastic.*horizontal_flip"):
         build_augmentation({"elastic": {"enabled": True}}, 32, seed=0)
+
+
+def test_2p5d_channels_are_the_neighbouring_slices_clamped_at_the_edges() -> None:
+    pre = Preprocessing((0.0, 10.0), image_size=32, channels=3, context=1)
+    ct = np.stack([np.full((40, 40), float(z)) for z in range(4)])  # slice z holds value z
+    out = pre.volume(ct)
+    assert out.shape == (4, 32, 32, 3)
+    assert np.allclose(out[0, 0, 0], [0.0, 0.0, 0.1])  # no slice below the first
+    assert np.allclose(out[2, 0, 0], [0.1, 0.2, 0.3])
+    assert np.allclose(out[3, 0, 0], [0.2, 0.3, 0.3])
+
+
+def test_2p5d_channels_must_match_the_context() -> None:
+    base, pre = {"image_size": 32}, {"hu_window": [-160, 240], "channels": 3, "context_slices": 2}
+    with pytest.raises(SarcomaSegError, match=r"context_slices=2.*channels = 5"):
+        preprocessing_from_params(base, pre)
+    assert preprocessing_from_params(base, {**pre, "channels": 5}).context == 2
