@@ -9,6 +9,8 @@ in a scratch copy of the project (MLflow store included), so the workspace is le
 
 import argparse
 import csv
+import itertools
+import json
 import os
 import shutil
 import statistics
@@ -21,6 +23,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 STAGES = ("split", "preprocess", "train", "evaluate")
 
 
@@ -50,6 +53,33 @@ def run_stage(name: str, workdir: Path) -> float:
     return time.perf_counter() - start
 
 
+def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float]]:
+    """Held-out 3D Dice of this fold's model under every postprocess x flip-TTA setting, so the
+    inference-time levers are measured on the very same weights."""
+    import sarcoma_seg  # noqa: F401  (environment for TensorFlow and segmentation-models)
+    from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+    from sarcoma_seg.metrics import volume_scores
+    from sarcoma_seg.model import MODEL_FILE, load_unet
+    from sarcoma_seg.volumes import load_volumes
+
+    model_dir = workdir / params["paths"]["model"]
+    pre, inference = load_config(model_dir / CONFIG_NAME)
+    model = load_unet(model_dir / MODEL_FILE)
+    test_ids = json.loads((workdir / params["paths"]["split"]).read_text())["test"]
+    volumes = load_volumes(workdir / params["paths"]["raw"], test_ids)
+    scores: dict[str, dict[str, float]] = {}
+    for post, flip in itertools.product(("none", "largest_component"), (False, True)):
+        variant = {**inference, "postprocess": post, "tta_flip": flip}
+        name = f"{post}{'+flip' if flip else ''}"
+        scores[name] = {
+            v.patient_id: volume_scores(
+                segment_volume(model, pre, v.ct, variant, v.pet), v.mask, v.spacing
+            )["dice_3d"]
+            for v in volumes
+        }
+    return scores
+
+
 def main() -> None:
     """Parse arguments, run every fold, print the table and the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,6 +88,14 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--val", type=int, default=2, help="validation patients per fold")
     parser.add_argument("--set", action="append", default=[], help="extra key=value params")
+    parser.add_argument(
+        "--only", type=int, action="append", help="run just these folds (screening a lever)"
+    )
+    parser.add_argument(
+        "--ablate-inference",
+        action="store_true",
+        help="also score every postprocess x flip-TTA setting on each fold's model",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sarcoma-cv-"))
     for name in ("stages", "params.yaml"):
@@ -69,14 +107,17 @@ def main() -> None:
         override(params, assignment)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     seconds = run_stage("download", work)
-    rows = []
-    for fold in range(args.folds):
+    rows, ablation = [], {}
+    for fold in args.only or range(args.folds):
         params["split"]["fold"] = fold
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         seconds += sum(run_stage(name, work) for name in STAGES)
         with (work / params["paths"]["metrics"] / "per_patient.csv").open() as f:
             rows += [{"fold": fold, **row} for row in csv.DictReader(f)]
         print(f"fold {fold} done, {seconds / 60:.1f} min so far", file=sys.stderr)
+        if args.ablate_inference:
+            for name, per_patient in inference_ablation(work, params).items():
+                ablation.setdefault(name, {}).update(per_patient)
     keys = ["dice_3d", "hd95_mm", "msd_mm", "volume_true_cm3", "volume_pred_cm3"]
     print(f"{'patient':10} fold " + " ".join(f"{k:>15}" for k in keys))
     for row in sorted(rows, key=lambda r: r["patient"]):
@@ -84,9 +125,16 @@ def main() -> None:
             f"{row['patient']:10} {row['fold']:4} "
             + " ".join(f"{float(row[k]):15.3f}" for k in keys)
         )
+    for name, per_patient in ablation.items():
+        values = list(per_patient.values())
+        print(
+            f"inference {name:24} mean 3D Dice {statistics.mean(values):.3f}  "
+            f"median {statistics.median(values):.3f}  (same weights)"
+        )
     dice = [float(r["dice_3d"]) for r in rows]
     print(
-        f"patients {len(rows)}  folds {args.folds}  mean 3D Dice {statistics.mean(dice):.3f}  "
+        f"patients {len(rows)}  folds {len(args.only or range(args.folds))}  "
+        f"mean 3D Dice {statistics.mean(dice):.3f}  "
         f"median {statistics.median(dice):.3f}  min {min(dice):.3f}  "
         f"total {seconds / 60:.1f} min  (scratch copy: {work})"
     )

@@ -46,7 +46,9 @@ def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
     except (OSError, ValueError) as exc:
         raise SarcomaSegError(f"{path}: cannot read the preprocessing ({exc})") from exc
     inference = config.pop("inference", None)
-    config["hu_window"] = tuple(config["hu_window"])
+    for key in ("hu_window", "pet_window"):
+        if config.get(key) is not None:
+            config[key] = tuple(config[key])
     return Preprocessing(**config), inference
 
 
@@ -60,17 +62,24 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def segment_volume(
-    model: Any, pre: Preprocessing, ct: np.ndarray, inference: dict[str, Any], batch_size: int = 8
+    model: Any,
+    pre: Preprocessing,
+    ct: np.ndarray,
+    inference: dict[str, Any],
+    pet: np.ndarray | None = None,
+    batch_size: int = 8,
 ) -> np.ndarray:
-    """(slices, rows, cols) HU -> uint8 tumour mask on the same grid."""
+    """(slices, rows, cols) HU (and PET on that grid, if the model reads it) -> uint8 tumour
+    mask on the same grid."""
     from sarcoma_seg.model import predict_probabilities
 
-    images = pre.volume(ct)
+    images = pre.volume(ct, pet)
     probs = predict_probabilities(model, images, batch_size)
     if inference["tta_flip"]:  # average with the left-right mirror, mirrored back
         probs = (
             probs + predict_probabilities(model, images[:, :, ::-1], batch_size)[:, :, ::-1]
         ) / 2
     threshold = inference["threshold"]
-    mask = np.stack([pre.restore_mask(p >= threshold, s.shape) for p, s in zip(probs, ct)])
+    mask = np.stack([pre.restore(p, s.shape) >= threshold for p, s in zip(probs, ct)])
+    mask = mask.astype(np.uint8)
     return largest_component(mask) if inference["postprocess"] == "largest_component" else mask

@@ -417,6 +417,11 @@ def _slice_files(folder: Path) -> list[SliceFile]:
     return sorted(found.values(), key=lambda s: (s.patient_id, s.index))
 
 
+def slice_files(folder: Path) -> list[SliceFile]:
+    """Every image / mask pair of a PNG folder with its patient and slice index."""
+    return _slice_files(folder)
+
+
 def slice_inputs(folder: Path) -> list[Path]:
     """The PNG files read_slices reads, images and masks, sorted."""
     return sorted(p for s in _slice_files(folder) for p in (s.image, s.mask))

@@ -23,10 +23,18 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
         self.model = load_unet(Path(context.artifacts["keras_model"]))
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
-        """(N, rows, cols) or (rows, cols) HU -> uint8 masks of the same shape."""
-        hu = np.asarray(model_input, dtype=np.float32)
+        """(N, rows, cols) or (rows, cols) HU -> uint8 masks of the same shape; a model that
+        reads PET takes {"ct": ..., "pet": ...} with PET on the CT grid."""
+        if isinstance(model_input, dict):
+            hu, pet = model_input["ct"], model_input.get("pet")
+        else:
+            hu, pet = model_input, None
+        hu = np.asarray(hu, dtype=np.float32)
+        pet = None if pet is None else np.asarray(pet, dtype=np.float32)
         single = hu.ndim == 2
-        masks = segment_volume(self.model, self.pre, hu[None] if single else hu, self.inference)
+        if single:
+            hu, pet = hu[None], None if pet is None else pet[None]
+        masks = segment_volume(self.model, self.pre, hu, self.inference, pet)
         return masks[0] if single else masks
 
 

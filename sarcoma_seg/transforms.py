@@ -16,23 +16,31 @@ from sarcoma_seg.params import check_image_size, check_positive_int
 @dataclass(frozen=True)
 class Preprocessing:
     """HU window -> [0, 1], resize to a square, then channels: the slice repeated as many times as
-    the encoder expects, or (2.5D, context > 0) the slice with `context` neighbours each side."""
+    the encoder expects, or (2.5D, context > 0) the slice with `context` neighbours each side;
+    with a PET window, the PET slice on the CT grid follows as one more channel."""
 
     hu_window: tuple[float, float]
     image_size: int
     channels: int
     context: int = 0  # neighbouring slices on each side; channels == 2 * context + 1 when > 0
+    pet_window: tuple[float, float] | None = None  # SUV window of the PET channel; None: CT only
 
-    def plane(self, hu_slice: np.ndarray) -> np.ndarray:
-        """One axial HU slice (rows, cols) -> float32 (size, size) in [0, 1]."""
-        low, high = self.hu_window
+    @property
+    def input_channels(self) -> int:
+        """Channels the model sees: the CT channels plus one for PET."""
+        return self.channels + (self.pet_window is not None)
+
+    def plane(self, hu_slice: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+        """One axial slice (rows, cols) -> float32 (size, size) in [0, 1] (HU window by default)."""
+        low, high = window or self.hu_window
         windowed = np.clip((hu_slice.astype(np.float32) - low) / (high - low), 0.0, 1.0)
         size = (self.image_size, self.image_size)
         return cv2.resize(windowed, size, interpolation=cv2.INTER_AREA)
 
-    def image(self, hu_slice: np.ndarray) -> np.ndarray:
-        """One axial HU slice -> float32 (size, size, channels); a lone slice is its own context."""
-        return np.repeat(self.plane(hu_slice)[..., None], self.channels, axis=-1)
+    def image(self, hu_slice: np.ndarray, pet_slice: np.ndarray | None = None) -> np.ndarray:
+        """One axial HU slice -> float32 (size, size, input channels); a lone slice is its own
+        context."""
+        return self.volume(hu_slice[None], None if pet_slice is None else pet_slice[None])[0]
 
     def mask(self, mask_slice: np.ndarray) -> np.ndarray:
         """One mask slice -> uint8 (size, size) of 0/1; nearest keeps labels labels."""
@@ -40,23 +48,37 @@ class Preprocessing:
         size = (self.image_size, self.image_size)
         return cv2.resize(binary, size, interpolation=cv2.INTER_NEAREST)
 
-    def volume(self, ct: np.ndarray) -> np.ndarray:
-        """A CT volume (slices, rows, cols) -> (slices, size, size, channels)."""
+    def volume(self, ct: np.ndarray, pet: np.ndarray | None = None) -> np.ndarray:
+        """A CT volume (slices, rows, cols), and PET on its grid if the model reads PET ->
+        (slices, size, size, input channels)."""
         planes = np.stack([self.plane(s) for s in ct])
         if not self.context:
-            return np.repeat(planes[..., None], self.channels, axis=-1)
-        offsets = np.arange(-self.context, self.context + 1)
-        # edge slices repeat themselves where a neighbour is missing
-        neighbours = np.clip(np.arange(len(ct))[:, None] + offsets[None, :], 0, len(ct) - 1)
-        return planes[neighbours].transpose(0, 2, 3, 1)
+            stacked = np.repeat(planes[..., None], self.channels, axis=-1)
+        else:
+            offsets = np.arange(-self.context, self.context + 1)
+            # edge slices repeat themselves where a neighbour is missing
+            neighbours = np.clip(np.arange(len(ct))[:, None] + offsets[None, :], 0, len(ct) - 1)
+            stacked = planes[neighbours].transpose(0, 2, 3, 1)
+        if self.pet_window is None:
+            return stacked
+        if pet is None or pet.shape != ct.shape:
+            found = "none" if pet is None else f"shape {pet.shape}"
+            raise SarcomaSegError(
+                f"this model reads PET as well as CT: give PET on the CT grid {ct.shape} "
+                f"(got {found})"
+            )
+        pet_planes = np.stack([self.plane(s, self.pet_window) for s in pet])
+        return np.concatenate([stacked, pet_planes[..., None]], axis=-1)
 
     def volume_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask volume (slices, rows, cols) -> (slices, size, size)."""
         return np.stack([self.mask(s) for s in mask])
 
-    def restore_mask(self, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """A (size, size) prediction back onto a (rows, cols) slice grid."""
-        return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), cv2.INTER_NEAREST)
+    def restore(self, probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A (size, size) probability map back onto a (rows, cols) slice grid; interpolating
+        before thresholding gives smooth outlines, not the model grid's blocky steps."""
+        size = (shape[1], shape[0])
+        return cv2.resize(probs.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
 
 
 WINDOW_PARAMS = {"HU": "hu_window", "png8": "png8_window"}  # which window fits which units
@@ -68,15 +90,6 @@ def preprocessing_from_params(
     """Build and validate the Preprocessing from the base and preprocess params sections."""
     name = WINDOW_PARAMS[units]
     window = pre.get(name, [0, 255] if units == "png8" else None)
-    if (
-        not isinstance(window, list | tuple)
-        or len(window) != 2
-        or not all(isinstance(v, int | float) for v in window)
-        or window[0] >= window[1]
-    ):
-        raise SarcomaSegError(
-            f"preprocess.{name}={window!r} is not allowed; give [low, high] with low < high"
-        )
     channels = check_positive_int("preprocess.channels", pre.get("channels"))
     context = check_positive_int("preprocess.context_slices", pre.get("context_slices", 0), 0)
     if context and channels != 2 * context + 1:
@@ -87,7 +100,22 @@ def preprocessing_from_params(
     if not context and channels not in (1, 3):
         raise SarcomaSegError(f"preprocess.channels={channels} is not allowed; choose 1 or 3")
     size = check_image_size(base.get("image_size"))
-    return Preprocessing((float(window[0]), float(window[1])), size, channels, context)
+    pet = pre.get("pet_window")
+    if pet is not None:
+        pet = check_window("preprocess.pet_window", pet)
+    return Preprocessing(check_window(f"preprocess.{name}", window), size, channels, context, pet)
+
+
+def check_window(name: str, window: Any) -> tuple[float, float]:
+    """A [low, high] intensity window with low < high, as floats."""
+    if (
+        not isinstance(window, list | tuple)
+        or len(window) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in window)
+        or window[0] >= window[1]
+    ):
+        raise SarcomaSegError(f"{name}={window!r} is not allowed; give [low, high] with low < high")
+    return float(window[0]), float(window[1])
 
 
 def _blur_sharpen(cfg: dict[str, Any]) -> A.BasicTransform:

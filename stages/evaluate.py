@@ -63,7 +63,7 @@ def main() -> None:
     model = load_unet(model_dir / MODEL_FILE)
     test_ids = json.loads(Path(paths["split"]).read_text())["test"]
     volumes = load_volumes(Path(paths["raw"]), test_ids)
-    preds = [segment_volume(model, pre, v.ct, inference) for v in volumes]
+    preds = [segment_volume(model, pre, v.ct, inference, v.pet) for v in volumes]
     rows, summary = score(volumes, preds)
     figures, metrics = Path(paths["figures"]), Path(paths["metrics"])
     figures.mkdir(parents=True, exist_ok=True)

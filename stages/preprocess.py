@@ -17,7 +17,7 @@ from sarcoma_seg.volumes import Volume, load_volumes
 def slice_set(volumes: list[Volume], pre: Preprocessing) -> SliceSet:
     """Every axial slice of the given patients, preprocessed and tagged with patient and index."""
     return SliceSet(
-        images=np.concatenate([pre.volume(v.ct) for v in volumes]),
+        images=np.concatenate([pre.volume(v.ct, v.pet) for v in volumes]),
         masks=np.concatenate([pre.volume_mask(v.mask) for v in volumes]),
         patients=np.concatenate([[v.patient_id] * len(v.ct) for v in volumes]).astype(str),
         slices=np.concatenate([np.arange(len(v.ct)) for v in volumes]),
@@ -49,6 +49,13 @@ def main() -> None:
     if len(units) != 1:
         raise SarcomaSegError(f"{paths['raw']}: patients mix intensity units {sorted(units)}")
     pre = preprocessing_from_params(params["base"], params["preprocess"], units.pop())
+    if pre.pet_window is not None:
+        no_pet = [v.patient_id for vols in volumes.values() for v in vols if v.pet is None]
+        if no_pet:
+            raise SarcomaSegError(
+                f"preprocess.pet_window is set but patient {no_pet[0]} has no PET "
+                f"({len(no_pet)} without PET); set preprocess.pet_window: null"
+            )
     sets = {name: slice_set(vols, pre) for name, vols in volumes.items()}
     out = Path(paths["preprocessed"])
     out.mkdir(parents=True, exist_ok=True)

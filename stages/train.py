@@ -34,7 +34,7 @@ def train(
     """Fit with augmentation, LR schedule, early stopping; return the best model and history."""
     tp, seed = params["train"], params["base"]["seed"]
     seed_everything(seed)
-    model = build_unet(tp["backbone"], tp["encoder_weights"], pre.channels, tp["bn_momentum"])
+    model = build_unet(tp["backbone"], tp["encoder_weights"], pre.input_channels, tp["bn_momentum"])
     compile_unet(model, tp)
     augment = build_augmentation(tp["augment"], pre.image_size, seed)
     weights = out / "best.weights.h5"

@@ -36,9 +36,41 @@ def test_mask_is_binarised_and_resized_nearest() -> None:
 def test_volume_and_restore_roundtrip() -> None:
     ct = np.zeros((3, 64, 64), dtype=np.float32)
     assert PRE.volume(ct).shape == (3, 32, 32, 3)
-    small = np.zeros((32, 32), dtype=np.uint8)
-    small[8:24, 8:24] = 1
-    assert PRE.restore_mask(small, (64, 64)).sum() == 32 * 32
+    small = np.zeros((32, 32), dtype=np.float32)
+    small[8:24, 8:24] = 1.0
+    restored = PRE.restore(small, (64, 64))
+    assert restored.shape == (64, 64) and restored.dtype == np.float32
+    assert (restored >= 0.5).sum() == 32 * 32  # a square stays a square of twice the side
+
+
+def test_restore_interpolates_probabilities_before_the_threshold() -> None:
+    probs = np.zeros((4, 4), dtype=np.float32)
+    probs[:, 2:] = 1.0  # a step between columns 1 and 2
+    restored = PRE.restore(probs, (8, 8))
+    assert 0 < restored[0, 3] < 1  # the edge is interpolated, not copied from the nearest pixel
+    assert np.allclose(restored[:, :3], 0) and np.allclose(restored[:, 5:], 1)
+
+
+def test_pet_channel_follows_the_ct_channels() -> None:
+    pre = Preprocessing((-160.0, 240.0), 32, 3, pet_window=(0.0, 5.0))
+    ct = np.full((2, 64, 64), 40.0, dtype=np.float32)
+    pet = np.zeros((2, 64, 64), dtype=np.float32)
+    pet[1] = 10.0  # above the window: clipped to 1
+    pet[0, :32] = 2.5  # mid-window
+    images = pre.volume(ct, pet)
+    assert pre.input_channels == 4 and images.shape == (2, 32, 32, 4)
+    assert np.allclose(images[..., :3], 0.5)
+    assert np.allclose(images[1, ..., 3], 1.0)
+    assert np.allclose(images[0, :16, :, 3], 0.5) and np.allclose(images[0, 16:, :, 3], 0.0)
+    assert np.allclose(pre.image(ct[1], pet[1]), images[1])
+
+
+def test_pet_model_without_pet_names_what_is_missing() -> None:
+    pre = Preprocessing((-160.0, 240.0), 32, 3, pet_window=(0.0, 5.0))
+    with pytest.raises(SarcomaSegError, match="reads PET"):
+        pre.volume(np.zeros((2, 64, 64)))
+    with pytest.raises(SarcomaSegError, match="reads PET"):
+        pre.volume(np.zeros((2, 64, 64)), np.zeros((2, 32, 32)))
 
 
 @pytest.mark.parametrize(
@@ -48,6 +80,11 @@ def test_volume_and_restore_roundtrip() -> None:
         ({"image_size": 0}, {"hu_window": [-160, 240], "channels": 3}, "base.image_size"),
         ({"image_size": 96}, {"hu_window": [240, -160], "channels": 3}, "preprocess.hu_window"),
         ({"image_size": 96}, {"hu_window": [-160, 240], "channels": 2}, "preprocess.channels"),
+        (
+            {"image_size": 96},
+            {"hu_window": [-160, 240], "channels": 3, "pet_window": [5, 0]},
+            "preprocess.pet_window",
+        ),
     ],
 )
 def test_bad_params_name_the_param(base: dict, pre: dict, param: str) -> None:

@@ -1,0 +1,134 @@
+"""The leakage gap in numbers: the original study's slice-level split of the exported PNG set
+against a patient-level split, trained and scored at the same settings.
+
+    python benchmarks/leakage.py --path ../shared/data/sts-slices --set train.epochs=8
+
+Arm "slice split": the study's folders (ct_images_dir = train, *_valid_dir = validation,
+*_test_dir = test), so every test patient also has slices in train, often the adjacent ones.
+Arm "patient split": `split.val` / `split.test` whole patients held out with `base.seed`.
+Both arms use params.yaml's preprocess / train / inference sections (plus --set overrides) and
+report the study's metric (mean slice IoU and F-score over the test slices), the Dice pooled
+over the test slices and, where whole patients are held out, the per-patient 3D Dice."""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentation-models)
+from benchmarks.cross_validation import override  # noqa: E402
+from sarcoma_seg.dataset import SliceSet  # noqa: E402
+from sarcoma_seg.inference import check_inference, segment_volume  # noqa: E402
+from sarcoma_seg.metrics import dice, iou, volume_scores  # noqa: E402
+from sarcoma_seg.readers import read_slices, slice_files  # noqa: E402
+from sarcoma_seg.split import split_patients  # noqa: E402
+from sarcoma_seg.transforms import preprocessing_from_params  # noqa: E402
+from sarcoma_seg.volumes import Volume  # noqa: E402
+from stages.preprocess import slice_set  # noqa: E402
+
+
+def folder_split(folder: Path) -> dict[tuple[str, int], str]:
+    """(patient, slice index) -> train / val / test, from the study's folder names."""
+
+    def which(name: str) -> str:
+        return "test" if "_test" in name else "val" if "_valid" in name else "train"
+
+    return {(s.patient_id, s.index): which(s.image.parent.name) for s in slice_files(folder)}
+
+
+def subset(data: SliceSet, keep: np.ndarray) -> SliceSet:
+    """The rows of a slice set where keep is true."""
+    return SliceSet(
+        data.images[keep], data.masks[keep], data.patients[keep], data.slices[keep], data.spacing
+    )
+
+
+def run_arm(name, volumes, rows_of, params, out) -> dict[str, float]:
+    """Train on the train rows, pick by the val rows, score the test rows on the native grid."""
+    import mlflow
+
+    from stages.train import train
+
+    pre = preprocessing_from_params(params["base"], params["preprocess"], volumes[0].units)
+    inference = check_inference(params["inference"])
+    everything = slice_set(volumes, pre)
+    sets = {
+        s: subset(everything, np.array(rows_of(everything.patients, everything.slices, s)))
+        for s in ("train", "val")
+    }
+    start = time.perf_counter()
+    with mlflow.start_run(run_name=name):
+        model, history = train(sets["train"], sets["val"], params, pre, out)
+    minutes = (time.perf_counter() - start) / 60
+    preds, truths, per_patient = [], [], {}
+    for v in volumes:
+        test = np.array(rows_of([v.patient_id] * len(v.ct), range(len(v.ct)), "test"))
+        if not test.any():
+            continue
+        pred = segment_volume(model, pre, v.ct, inference, v.pet)
+        preds.append(pred[test])
+        truths.append(v.mask[test] > 0)
+        if test.all():
+            per_patient[v.patient_id] = volume_scores(pred, v.mask, v.spacing)["dice_3d"]
+    pred, truth = np.concatenate(preds), np.concatenate(truths)
+    return {
+        "test_slices": len(pred),
+        "tumour_slices": int(truth.any(axis=(1, 2)).sum()),
+        "slice_iou": float(iou(pred, truth, (1, 2)).mean()),
+        "slice_fscore": float(dice(pred, truth, (1, 2)).mean()),
+        "pooled_dice": float(dice(pred, truth)),
+        "dice_3d": per_patient,
+        "train_minutes": minutes,
+        "epochs": len(history["loss"]),
+    }
+
+
+def main() -> None:
+    """Run both arms and print them side by side."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", default=str(ROOT.parent / "shared/data/sts-slices"))
+    parser.add_argument("--set", action="append", default=[], help="extra key=value params")
+    args = parser.parse_args()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for assignment in args.set:
+        override(params, assignment)
+    work = Path(tempfile.mkdtemp(prefix="sarcoma-leakage-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    volumes: list[Volume] = read_slices(Path(args.path))
+    by_folder = folder_split(Path(args.path))
+    order = {pid: sorted(i for p, i in by_folder if p == pid) for pid in {p for p, _ in by_folder}}
+    patients = split_patients(
+        [v.patient_id for v in volumes],
+        {k: params["split"][k] for k in ("train", "val", "test")},
+        params["base"]["seed"],
+    )
+    arms = {
+        "slice split": lambda ids, rows, s: [
+            by_folder[(p, order[p][i])] == s for p, i in zip(ids, rows)
+        ],
+        "patient split": lambda ids, rows, s: [p in patients[s] for p in ids],
+    }
+    results = {name: run_arm(name, volumes, rows, params, work) for name, rows in arms.items()}
+    print(f"patient split: {patients}")
+    keys = ["test_slices", "tumour_slices", "slice_iou", "slice_fscore", "pooled_dice"]
+    print(f"{'arm':14}" + "".join(f"{k:>15}" for k in keys) + f"{'train min':>11}")
+    for name, r in results.items():
+        cells = "".join(f"{r[k]:15.3f}" if isinstance(r[k], float) else f"{r[k]:15d}" for k in keys)
+        print(f"{name:14}{cells}{r['train_minutes']:11.1f}")
+    for name, r in results.items():
+        for pid, value in r["dice_3d"].items():
+            print(f"{name}: held-out patient {pid} 3D Dice {value:.3f}")
+    gap = results["slice split"]["slice_fscore"] - results["patient split"]["slice_fscore"]
+    print(f"leakage gap in slice F-score (slice split - patient split): {gap:+.3f}")
+
+
+if __name__ == "__main__":
+    main()
