@@ -2,6 +2,7 @@
 pyfunc and predict share, so they give identical masks."""
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,30 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return (labels == 1 + int(np.argmax(sizes))).astype(mask.dtype)
 
 
+def volume_probabilities(
+    model: Any,
+    images: np.ndarray,
+    tta_flip: bool,
+    batch_size: int = 8,
+    progress: Callable[[int], Any] | None = None,
+) -> np.ndarray:
+    """Model-ready slices (N, size, size, channels) -> tumour probabilities (N, size, size), batch
+    by batch (the same batches every caller, so every caller gets the same numbers)."""
+    import tensorflow as tf
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = tf.constant(images[start : start + batch_size], dtype=tf.float32)
+        probs = model(batch, training=False).numpy()[..., 0]
+        if tta_flip:  # average with the left-right mirror, mirrored back
+            mirrored = model(batch[:, :, ::-1], training=False).numpy()[..., 0]
+            probs = (probs + mirrored[:, :, ::-1]) / 2
+        out.append(probs)
+        if progress is not None:
+            progress(len(probs))
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.float32)
+
+
 def segment_volume(
     model: Any,
     pre: Preprocessing,
@@ -68,17 +93,12 @@ def segment_volume(
     inference: dict[str, Any],
     pet: np.ndarray | None = None,
     batch_size: int = 8,
+    progress: Callable[[int], Any] | None = None,
 ) -> np.ndarray:
     """(slices, rows, cols) HU (and PET on that grid, if the model reads it) -> uint8 tumour
-    mask on the same grid."""
-    from sarcoma_seg.model import predict_probabilities
-
+    mask on the same grid; progress(n) is called after every n slices."""
     images = pre.volume(ct, pet)
-    probs = predict_probabilities(model, images, batch_size)
-    if inference["tta_flip"]:  # average with the left-right mirror, mirrored back
-        probs = (
-            probs + predict_probabilities(model, images[:, :, ::-1], batch_size)[:, :, ::-1]
-        ) / 2
+    probs = volume_probabilities(model, images, inference["tta_flip"], batch_size, progress)
     threshold = inference["threshold"]
     mask = np.stack([pre.restore(p, s.shape) >= threshold for p, s in zip(probs, ct)])
     mask = mask.astype(np.uint8)

@@ -100,8 +100,3 @@ def load_unet(path: Path) -> tf.keras.Model:
     if not Path(path).exists():
         raise SarcomaSegError(f"{path}: model file not found; run the train stage first")
     return tf.keras.models.load_model(path, compile=False)
-
-
-def predict_probabilities(model: tf.keras.Model, images: Any, batch_size: int = 8) -> Any:
-    """Tumour probability per pixel, (N, H, W) float32."""
-    return model.predict(images, batch_size=batch_size, verbose=0)[..., 0]

@@ -24,6 +24,7 @@ class Preprocessing:
     channels: int
     context: int = 0  # neighbouring slices on each side; channels == 2 * context + 1 when > 0
     pet_window: tuple[float, float] | None = None  # SUV window of the PET channel; None: CT only
+    units: str = "HU"  # what the CT intensities are: HU, or png8 for 8-bit exported slices
 
     @property
     def input_channels(self) -> int:
@@ -103,7 +104,8 @@ def preprocessing_from_params(
     pet = pre.get("pet_window")
     if pet is not None:
         pet = check_window("preprocess.pet_window", pet)
-    return Preprocessing(check_window(f"preprocess.{name}", window), size, channels, context, pet)
+    window = check_window(f"preprocess.{name}", window)
+    return Preprocessing(window, size, channels, context, pet, units)
 
 
 def check_window(name: str, window: Any) -> tuple[float, float]:

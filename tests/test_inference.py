@@ -21,10 +21,12 @@ PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=1)
 class LeftHalfModel:
     """Stands in for the U-Net: 'tumour' probability 0.8 in the left half of every image."""
 
-    def predict(self, images: np.ndarray, batch_size: int, verbose: int) -> np.ndarray:
+    def __call__(self, images, training: bool):
+        import tensorflow as tf
+
         probs = np.zeros(images.shape[:3] + (1,), np.float32)
         probs[:, :, : images.shape[2] // 2] = 0.8
-        return probs
+        return tf.constant(probs)
 
 
 def test_largest_component_keeps_the_biggest_3d_lesion() -> None:
@@ -46,6 +48,15 @@ def test_flip_tta_averages_with_the_mirror_and_postprocess_applies() -> None:
     assert not flipped.any()
     low = segment_volume(LeftHalfModel(), PRE, ct, {**plain, "tta_flip": True, "threshold": 0.3})
     assert low.all()
+
+
+def test_progress_counts_every_slice_once() -> None:
+    seen: list[int] = []
+    plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": True}
+    segment_volume(
+        LeftHalfModel(), PRE, np.zeros((11, 40, 40)), plain, batch_size=4, progress=seen.append
+    )
+    assert seen == [4, 4, 3]
 
 
 def test_config_round_trip(tmp_path: Path) -> None:

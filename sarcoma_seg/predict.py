@@ -1,0 +1,163 @@
+"""`predict`: segment a new scan with a trained model and write the mask in the scan's own
+geometry, an overlay montage and a JSON summary.
+
+    predict --model data/model CT.nii.gz --out predictions/CT
+    predict --model models:/sarcoma-seg/3 DICOM_FOLDER/
+    predict --model runs:/<run id>/model lab_petct_vox_5.00mm.h5 --patient STS_002
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+from sarcoma_seg.scans import Scan, read_scan, scan_stem
+from sarcoma_seg.transforms import Preprocessing
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+MONTAGE_SLICES = 12  # tumour slices shown in the overlay, evenly spread over the slice range
+
+
+def model_folder(uri: str, scratch: Path) -> Path:
+    """A local folder holding model.h5 and preprocessing.json, from a path or an MLflow URI."""
+    from sarcoma_seg.model import MODEL_FILE
+
+    if uri.startswith(MLFLOW_SCHEMES):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from sarcoma_seg.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch))
+        except (MlflowException, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
+    else:
+        local = Path(uri)
+        if not local.exists():
+            raise SarcomaSegError(f"model {uri}: no such folder, and not a runs:/ or models:/ URI")
+    for folder in (local, local / "artifacts", local / "model" / "artifacts"):
+        if (folder / MODEL_FILE).is_file() and (folder / CONFIG_NAME).is_file():
+            return folder
+    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {CONFIG_NAME}")
+
+
+def lesion_summary(mask: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, Any]:
+    """Tumour volume in cm3, connected lesions (26-connectivity) and the slices they span."""
+    _, lesions = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    return {
+        "tumour_volume_cm3": round(float(mask.sum()) * float(np.prod(spacing)) / 1000.0, 4),
+        "lesions": int(lesions),
+        "tumour_slices": len(slices),
+        "slice_range": [int(slices[0]), int(slices[-1])] if len(slices) else None,
+    }
+
+
+def montage_slices(mask: np.ndarray, count: int = MONTAGE_SLICES) -> list[int]:
+    """Slices to show: evenly over the tumour's slices, or over the whole scan if none."""
+    pool = np.flatnonzero(mask.any(axis=(1, 2)))
+    if not len(pool):
+        pool = np.arange(len(mask))
+    picks = np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int)
+    return [int(pool[i]) for i in sorted(set(picks.tolist()))]
+
+
+def check_compatible(scan: Scan, pre: Preprocessing) -> None:
+    """Refuse inputs the model cannot read: other intensity units, or PET missing."""
+    if scan.units != pre.units:
+        raise SarcomaSegError(
+            f"{scan.name}: intensities are {scan.units}, but the model was trained on {pre.units}"
+        )
+    if pre.pet_window is not None and scan.pet is None:
+        raise SarcomaSegError(f"{scan.name}: this model reads PET as well as CT; give --pet")
+
+
+def predict_scan(
+    model_uri: str, scan: Scan, out: Path, batch_size: int = 8, progress: bool = True
+) -> dict[str, Any]:
+    """Segment one scan and write mask, overlay and summary into out (all or nothing)."""
+    from tqdm import tqdm
+
+    from sarcoma_seg.model import MODEL_FILE, load_unet
+    from sarcoma_seg.plots import overlay_montage
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
+        folder = model_folder(model_uri, Path(scratch))
+        pre, inference = load_config(folder / CONFIG_NAME)
+        if inference is None:
+            raise SarcomaSegError(f"model {model_uri}: {CONFIG_NAME} has no inference section")
+        check_compatible(scan, pre)
+        model = load_unet(folder / MODEL_FILE)
+    with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
+        mask = segment_volume(model, pre, scan.ct, inference, scan.pet, batch_size, bar.update)
+    summary = {"input": scan.name, "model": model_uri, "shape": list(scan.ct.shape)}
+    summary |= {"spacing_mm": list(scan.spacing), **lesion_summary(mask, scan.spacing)}
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:  # everything is written beside out first, then moved in: no half-written results
+        scan.save_mask(mask, staging / f"mask{scan.mask_suffix}")
+        picks = montage_slices(mask)
+        low, high = pre.hu_window
+        overlay_montage(
+            [np.clip((scan.ct[i] - low) / (high - low), 0, 1) for i in picks],
+            [mask[i] for i in picks],
+            [f"slice {i}" for i in picks],
+            staging / "overlay.png",
+        )
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        out.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            item.replace(out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of `predict`."""
+    parser = argparse.ArgumentParser(prog="predict", description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path, help="NIfTI file, DICOM folder, HDF5 file or PNG")
+    parser.add_argument(
+        "--model", required=True, help="model folder (data/model), runs:/<id>/model or models:/N/V"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default predictions/<input>)")
+    parser.add_argument("--patient", help="patient id inside an HDF5 input")
+    parser.add_argument("--pet", type=Path, help="PET NIfTI for models that read PET")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `predict` console command."""
+    import sarcoma_seg  # noqa: F401  (environment for TensorFlow before anything imports it)
+
+    args = parse_args(argv)
+    try:
+        if args.batch_size < 1:
+            raise SarcomaSegError(f"--batch-size={args.batch_size} must be at least 1")
+        scan = read_scan(args.input, args.patient, args.pet)
+        out = args.out or Path("predictions") / scan_stem(args.input, args.patient)
+        summary = predict_scan(args.model, scan, out, args.batch_size, not args.no_progress)
+    except SarcomaSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
