@@ -23,7 +23,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 STAGES = ("split", "preprocess", "train", "evaluate")
 
 
@@ -98,8 +97,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sarcoma-cv-"))
-    for name in ("stages", "params.yaml"):
-        (shutil.copytree if name == "stages" else shutil.copy2)(ROOT / name, work / name)
+    # a snapshot of the code: stages run with the scratch copy first on sys.path, so editing the
+    # workspace while a long benchmark runs does not change what it measures
+    for name in ("stages", "sarcoma_seg", "params.yaml"):
+        (shutil.copytree if name != "params.yaml" else shutil.copy2)(ROOT / name, work / name)
+    sys.path.insert(0, str(work))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(source=args.source, path=args.path and str(Path(args.path).resolve()))
     params["split"].update(folds=args.folds, val=args.val)

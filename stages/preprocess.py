@@ -1,6 +1,7 @@
 """DVC stage `preprocess`: axial slices per split, HU window, resize, channels, binary masks."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,22 @@ def slice_set(volumes: list[Volume], pre: Preprocessing) -> SliceSet:
         slices=np.concatenate([np.arange(len(v.ct)) for v in volumes]),
         spacing={v.patient_id: list(v.spacing) for v in volumes},
     )
+
+
+def with_pet_if_present(pre: Preprocessing, volumes: list[Volume]) -> Preprocessing:
+    """PET becomes an input channel where the source has it: every patient, or else none."""
+    if pre.pet_window is None:
+        return pre
+    missing = [v.patient_id for v in volumes if v.pet is None]
+    if len(missing) == len(volumes):
+        print("preprocess.pet_window: this source has no PET; the model reads CT only")
+        return replace(pre, pet_window=None)
+    if missing:
+        raise SarcomaSegError(
+            f"patient {missing[0]} has no PET but others do ({len(missing)} without); "
+            "a PET channel needs every patient's PET: set preprocess.pet_window: null"
+        )
+    return pre
 
 
 def stats(data: SliceSet) -> dict[str, float | int]:
@@ -49,13 +66,7 @@ def main() -> None:
     if len(units) != 1:
         raise SarcomaSegError(f"{paths['raw']}: patients mix intensity units {sorted(units)}")
     pre = preprocessing_from_params(params["base"], params["preprocess"], units.pop())
-    if pre.pet_window is not None:
-        no_pet = [v.patient_id for vols in volumes.values() for v in vols if v.pet is None]
-        if no_pet:
-            raise SarcomaSegError(
-                f"preprocess.pet_window is set but patient {no_pet[0]} has no PET "
-                f"({len(no_pet)} without PET); set preprocess.pet_window: null"
-            )
+    pre = with_pet_if_present(pre, [v for vols in volumes.values() for v in vols])
     sets = {name: slice_set(vols, pre) for name, vols in volumes.items()}
     out = Path(paths["preprocessed"])
     out.mkdir(parents=True, exist_ok=True)

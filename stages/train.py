@@ -14,18 +14,18 @@ from sarcoma_seg.errors import run_cli
 from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config
 from sarcoma_seg.model import (
     MODEL_FILE,
+    MONITORS,
     build_unet,
     check_train_params,
     compile_unet,
     save_unet,
     seed_everything,
+    validation_dice,
 )
 from sarcoma_seg.params import check_image_size, load_params
 from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
 from sarcoma_seg.transforms import Preprocessing, build_augmentation
-
-MONITOR = "val_loss"  # continuous, unlike the thresholded IoU that empty slices saturate
 
 
 def train(
@@ -38,15 +38,18 @@ def train(
     compile_unet(model, tp)
     augment = build_augmentation(tp["augment"], pre.image_size, seed)
     weights = out / "best.weights.h5"
+    monitor = tp.get("monitor", "val_loss")
+    mode = MONITORS[monitor]
     callbacks = [
+        validation_dice(val_set.images, val_set.masks, tp["batch_size"]),  # first: fills logs
         tf.keras.callbacks.ModelCheckpoint(
-            str(weights), monitor=MONITOR, mode="min", save_best_only=True, save_weights_only=True
+            str(weights), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True
         ),
         tf.keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=tp["lr_factor"], patience=tp["lr_patience"], verbose=0
+            monitor=monitor, mode=mode, factor=tp["lr_factor"], patience=tp["lr_patience"]
         ),
         tf.keras.callbacks.EarlyStopping(
-            monitor=MONITOR, mode="min", patience=tp["early_stopping_patience"]
+            monitor=monitor, mode=mode, patience=tp["early_stopping_patience"]
         ),
         tracking.epoch_logger(),
     ]
@@ -66,7 +69,15 @@ def train(
 def write_history(history: dict[str, list[float]], path: Path) -> None:
     """Per-epoch history as CSV, the DVC plots source."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = ["loss", "val_loss", "iou_score", "val_iou_score", "f1-score", "val_f1-score"]
+    keys = [
+        "loss",
+        "val_loss",
+        "val_dice",
+        "iou_score",
+        "val_iou_score",
+        "f1-score",
+        "val_f1-score",
+    ]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["epoch", *keys])
@@ -99,7 +110,9 @@ def main() -> None:
         for key in ("loss", "iou_score"):
             history_figure(history, key, figures / f"{key}.png")
             mlflow.log_artifact(str(figures / f"{key}.png"), artifact_path="plots")
-        best = min(range(len(history[MONITOR])), key=history[MONITOR].__getitem__)
+        monitor = tp.get("monitor", "val_loss")
+        pick = max if MONITORS[monitor] == "max" else min
+        best = pick(range(len(history[monitor])), key=history[monitor].__getitem__)
         summary = {k: history[k][best] for k in history if k.startswith("val_")}
         summary |= {"best_epoch": best + 1, "epochs_run": len(history["loss"])}
         Path(paths["metrics"]).mkdir(parents=True, exist_ok=True)
