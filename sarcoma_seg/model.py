@@ -60,6 +60,11 @@ def check_train_params(train: dict[str, Any]) -> None:
     choice("train.encoder_weights", train.get("encoder_weights"), ENCODER_WEIGHTS)
     choice("train.loss", train.get("loss", "dice_focal"), LOSSES)
     choice("train.monitor", train.get("monitor", "val_loss"), MONITORS)
+    name = train.get("registered_model")
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise SarcomaSegError(
+            f"train.registered_model={name!r} is not allowed; give a name without '/'"
+        )
     check_positive_int("train.epochs", train.get("epochs"))
     check_positive_int("train.batch_size", train.get("batch_size"))
     fraction = train.get("tumour_fraction")

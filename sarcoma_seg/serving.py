@@ -5,6 +5,8 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 from sarcoma_seg.inference import CONFIG_NAME, load_config, save_config, segment_volume
 from sarcoma_seg.transforms import Preprocessing
@@ -38,10 +40,34 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
         return masks[0] if single else masks
 
 
-def log_pyfunc(keras_path: Path, pre: Preprocessing, inference: dict, work_dir: Path) -> Any:
-    """Log the U-Net as a pyfunc that loads without segmentation-models' loss objects."""
+def signature_and_example(pre: Preprocessing) -> tuple[ModelSignature, Any]:
+    """Raw slices in (float32 HU, any count and size), uint8 masks of the same shape out; a
+    model that reads PET takes named ct and pet tensors."""
+    volume = TensorSpec(np.dtype(np.float32), (-1, -1, -1))
+    masks = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))])
+    # a small synthetic example: a soft-tissue disc in air, as HU (and a PET hot spot, SUV)
+    rows, cols = np.mgrid[:64, :64]
+    disc = (rows - 32) ** 2 + (cols - 32) ** 2 < 24**2
+    ct = np.where(disc, 40.0, -1000.0).astype(np.float32)[None]
+    if pre.pet_window is None:
+        return ModelSignature(inputs=Schema([volume]), outputs=masks), ct
+    named = Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1), name=n) for n in ("ct", "pet")])
+    pet = np.where((rows - 32) ** 2 + (cols - 32) ** 2 < 6**2, 8.0, 0.5).astype(np.float32)[None]
+    return ModelSignature(inputs=named, outputs=masks), {"ct": ct, "pet": pet}
+
+
+def log_pyfunc(
+    keras_path: Path,
+    pre: Preprocessing,
+    inference: dict,
+    work_dir: Path,
+    registered_model: str | None = None,
+) -> Any:
+    """Log the U-Net as a pyfunc that loads without segmentation-models' loss objects, with its
+    signature and an input example, and register it under registered_model."""
     config_path = Path(work_dir) / CONFIG_NAME
     save_config(config_path, pre, inference)
+    signature, example = signature_and_example(pre)
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=UnetSegmenter(),
@@ -49,6 +75,9 @@ def log_pyfunc(keras_path: Path, pre: Preprocessing, inference: dict, work_dir: 
         code_paths=[str(PACKAGE_DIR)],
         # explicit requirements: MLflow's inference would load the model in a subprocess
         pip_requirements=_requirements(),
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_model,
     )
 
 

@@ -1,7 +1,9 @@
 """MLflow tracking: the store location, one run per training, per-epoch logging, the model."""
 
+import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,47 @@ def use_experiment(name: str = EXPERIMENT) -> str:
     experiment_id = mlflow.create_experiment(name, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def git_commit(root: Path) -> str:
+    """The commit the run's code comes from: DVC's baseline for experiments, else HEAD."""
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV")
+    if baseline:
+        return baseline
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"  # not a git checkout (e.g. an unpacked release)
+    return done.stdout.strip()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, or "none" if it does not exist (yet)."""
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "none"
+
+
+def experiment_name() -> str:
+    """The DVC experiment this run belongs to; "workspace" for a plain dvc repro."""
+    return os.environ.get("DVC_EXP_NAME") or "workspace"
+
+
+def run_identity(params: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """A run name and the tags that tell runs apart in the MLflow UI's compare view."""
+    root = Path.cwd()  # the workspace DVC runs the stage in (a temp copy for queued experiments)
+    data, train = params["data"], params["train"]
+    commit = git_commit(root)
+    tags = {
+        "git.commit": commit,
+        "mlflow.source.git.commit": commit,  # MLflow's own column in the runs table
+        "dvc.experiment": experiment_name(),
+        "dvc.lock.sha256": file_sha256(root / "dvc.lock"),  # upstream stages as train began
+        "data.source": data["source"],
+        "model.backbone": train["backbone"],
+    }
+    return f"{experiment_name()}-{data['source']}-{train['backbone']}", tags
 
 
 def log_params(params: dict[str, Any]) -> None:

@@ -27,6 +27,8 @@ from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
 from sarcoma_seg.transforms import Preprocessing, build_augmentation
 
+SYSTEM_METRICS_SECONDS = 5  # CPU, memory (and GPU where present) every 5 s: minutes-long runs
+
 
 def train(
     train_set: SliceSet, val_set: SliceSet, params: dict[str, Any], pre: Preprocessing, out: Path
@@ -100,8 +102,9 @@ def main() -> None:
     for folder in (out, plots, figures):
         folder.mkdir(parents=True, exist_ok=True)
     tracking.use_experiment(tp["mlflow_experiment"])
-    with mlflow.start_run(run_name=f"{params['data']['source']}-{tp['backbone']}") as run:
-        mlflow.set_tags({"data.source": params["data"]["source"], "stage": "train"})
+    name, tags = tracking.run_identity(params)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    with mlflow.start_run(run_name=name, tags=tags, log_system_metrics=True) as run:
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
         model, history = train(train_set, val_set, params, pre, out)
@@ -119,7 +122,7 @@ def main() -> None:
         (Path(paths["metrics"]) / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
         mlflow.log_artifact(str(plots / "history.csv"), artifact_path="plots")
-        log_pyfunc(out / MODEL_FILE, pre, inference, out)
+        log_pyfunc(out / MODEL_FILE, pre, inference, out, tp["registered_model"])
         tracking.write_run_info(out / "mlflow_run.json", run)
     print(f"best epoch {best + 1}: {summary}")
 

@@ -43,6 +43,9 @@ def produced(project: Path) -> list[str]:
         ("train", "encoder_weights", "noisy-student", r"train\.encoder_weights.*imagenet"),
         ("train", "loss", "mse", r"train\.loss='mse'.*dice_focal"),
         ("base", "image_size", 100, r"base\.image_size=100.*multiple of 32"),
+        ("train", "monitor", "val_acc", r"train\.monitor='val_acc'.*val_dice"),
+        ("train", "registered_model", "a/b", r"train\.registered_model='a/b'"),
+        ("train", "registered_model", "", r"train\.registered_model=''"),
     ],
 )
 def test_train_refuses_bad_params_before_writing(
