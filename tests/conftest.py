@@ -1,6 +1,9 @@
 """Shared fixtures: the project root, the real params shrunk to test size, the shared data."""
 
 import copy
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +33,36 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real CT data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def run(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
+    """Run a command in the copy; fail the test with its output if it fails. MLflow goes to the
+    copy's own store unless extra_env names a tracking URI."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= extra_env or {}
+    env |= {
+        f"GIT_{who}_{what}": value
+        for who in ("AUTHOR", "COMMITTER")
+        for what, value in (("NAME", "sarcoma-seg tests"), ("EMAIL", "tests@localhost"))
+    }
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def ran(output: str) -> list[str]:
+    """The stages that a dvc repro output says it ran."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def copy_project(repo: Path) -> Path:
+    """A git repository holding the project's tracked files, without results."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    for name in tracked:
+        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    run(["git", "init", "-q"], repo)
+    return repo

@@ -2,9 +2,6 @@
 MLflow run it leaves behind (reopened, its model reloaded)."""
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import mlflow
@@ -12,22 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, tiny_params
+from tests.conftest import copy_project, ran, run, tiny_params
 
 pytestmark = pytest.mark.slow
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    """Run a command in the copy; fail the test with its output if it fails."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {
-        f"GIT_{who}_{what}": value
-        for who in ("AUTHOR", "COMMITTER")
-        for what, value in (("NAME", "sarcoma-seg tests"), ("EMAIL", "tests@localhost"))
-    }
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
 
 
 def set_params(repo: Path, **train: object) -> None:
@@ -35,24 +19,6 @@ def set_params(repo: Path, **train: object) -> None:
     params = tiny_params()
     params["train"].update(train)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def ran(output: str) -> list[str]:
-    """The stages that a dvc repro output says it ran."""
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
-def copy_project(repo: Path) -> Path:
-    """A git repository holding the project's tracked files, without results."""
-    tracked = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.split()
-    for name in tracked:
-        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    run(["git", "init", "-q"], repo)
-    return repo
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +41,7 @@ def test_repro_writes_metrics_plots_and_figures(repo: Path) -> None:
     stats = json.loads((repo / "metrics" / "data_stats.json").read_text())
     assert stats["train"]["patients"] == 2 and stats["train"]["slices"] == 24
     history = (repo / "plots" / "history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,loss,val_loss,iou_score,val_iou_score")
+    assert history[0].startswith("epoch,loss,val_loss,val_dice,iou_score,val_iou_score")
     for name in ("loss.png", "iou_score.png", "predictions.png"):
         assert (repo / "data" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
     shown = run(["dvc", "metrics", "show", "--json"], repo)
@@ -122,6 +88,14 @@ def test_mlflow_run_holds_everything_and_the_model_reloads(repo: Path) -> None:
         "evaluation/per_patient.csv",
         "data/manifest.json",
     } <= artifacts
+    tags = latest.data.tags
+    assert latest.info.run_name == "workspace-synthetic-resnet18"
+    assert tags["dvc.experiment"] == "workspace" and len(tags["git.commit"]) == 40
+    assert any(k.startswith("system/") for k in latest.data.metrics)  # system metrics on
+    version = client.get_model_version("sarcoma-seg", "1")
+    info = mlflow.models.get_model_info("models:/sarcoma-seg/1")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert version.run_id in {r.info.run_id for r in runs}
     model = mlflow.pyfunc.load_model(f"runs:/{latest.info.run_id}/model")
     hu = np.full((3, 48, 48), -1000.0, dtype=np.float32)
     masks = model.predict(hu)
