@@ -153,5 +153,9 @@ def test_queue_sweep_then_show_and_plots_diff(tmp_path: Path) -> None:
     assert len(experiments) == 2
     names = [e["name"] for e in experiments]
     out = run(["dvc", "plots", "diff", *names, "--json"], repo)
-    plotted = json.loads(out)
-    assert any("history.csv" in key for key in plotted)
+    plotted = json.loads(out)["data"]
+    assert "plots/history.csv" in plotted and "loss" in plotted
+    # the loss plot overlays both experiments' curves
+    loss = plotted["loss"][0]
+    assert set(loss["revisions"]) == set(names)
+    assert {row["rev"] for row in loss["content"]["data"]["values"]} == set(names)
