@@ -243,12 +243,12 @@ def _load_canonical(path: Path, patient_id: str, labels: bool) -> tuple[np.ndarr
     return np.asarray(data), image.affine
 
 
-def _internal(array: np.ndarray) -> np.ndarray:
+def internal_axes(array: np.ndarray) -> np.ndarray:
     """(i, j, k) of a canonical NIfTI array -> (slices, rows, cols), contiguous."""
     return np.ascontiguousarray(array.transpose(2, 1, 0))
 
 
-def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along (slices, rows, cols) of a canonical affine."""
     # taken from the affine, not pixdim: the affine is what places voxels in the world
     sizes = voxel_sizes(affine)
@@ -271,8 +271,8 @@ def _check_same_grid(ct: tuple, mask: tuple, where: str) -> None:
         )
     offset = _grid_offset_mm(ct_affine, mask_affine, ct_data.shape)
     if offset > GRID_TOL_MM:
-        ct_mm = tuple(round(s, 4) for s in _spacing(ct_affine))
-        mask_mm = tuple(round(s, 4) for s in _spacing(mask_affine))
+        ct_mm = tuple(round(s, 4) for s in canonical_spacing(ct_affine))
+        mask_mm = tuple(round(s, 4) for s in canonical_spacing(mask_affine))
         raise SarcomaSegError(
             f"{where}: CT and mask grids differ by up to {offset:.3g} mm "
             f"(spacing {ct_mm} vs {mask_mm} mm, affines differ)"
@@ -319,7 +319,9 @@ def _resample_onto(src: np.ndarray, src_affine: np.ndarray, out_shape: tuple, ou
     return values, bool(inside.any())
 
 
-def _read_pet(path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray) -> np.ndarray:
+def read_pet_onto(
+    path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray
+) -> np.ndarray:
     """A PET image resampled onto the (canonical) CT grid."""
     pet, pet_affine = _load_canonical(path, patient_id, labels=False)
     if not np.isfinite(pet).all():
@@ -337,15 +339,15 @@ def _read_case(folder: Path, case: NiftiCase) -> Volume:
     raw, mask_affine = _load_canonical(case.mask, pid, labels=True)
     _check_same_grid((ct, ct_affine), (raw, mask_affine), _where(case.mask, pid))
     _check_labels(raw, _where(case.mask, pid))
-    pet = _read_pet(case.pet, pid, ct.shape, ct_affine) if case.pet else None
-    raw = _internal(raw)
+    pet = read_pet_onto(case.pet, pid, ct.shape, ct_affine) if case.pet else None
+    raw = internal_axes(raw)
     provenance = f"{folder.resolve().name}/{case.ct.relative_to(folder).as_posix()}"
     volume = Volume(
         pid,
-        _internal(ct),
+        internal_axes(ct),
         raw > 0,  # any label > 0 is tumour
-        _internal(pet) if pet is not None else None,
-        _spacing(ct_affine),
+        internal_axes(pet) if pet is not None else None,
+        canonical_spacing(ct_affine),
         provenance,
     )
     check_volume(volume, raw)

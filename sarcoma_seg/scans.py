@@ -13,7 +13,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from PIL import Image
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.readers import NIFTI_ERRORS, _internal, _read_pet, _spacing
+from sarcoma_seg.readers import NIFTI_ERRORS, canonical_spacing, internal_axes, read_pet_onto
 from sarcoma_seg.volumes import KAGGLE_SPACING_MM, h5_patient_ids
 
 DICOM_SKIP = {"DICOMDIR"}  # index files that sit beside a series and hold no pixels
@@ -36,14 +36,14 @@ def _canonical_scan(name: str, image: nib.Nifti1Image, pet: Path | None) -> Scan
     """A scan from a 3D NIfTI image: canonical RAS+ for the model, saved back in its own axes."""
     try:
         canonical = nib.as_closest_canonical(image)
-        ct = _internal(canonical.get_fdata(dtype=np.float32))
+        ct = internal_axes(canonical.get_fdata(dtype=np.float32))
     except NIFTI_ERRORS as exc:
         raise SarcomaSegError(f"{name}: unreadable or truncated NIfTI file ({exc})") from exc
     if not np.isfinite(ct).all():
         raise SarcomaSegError(f"{name}: CT holds NaN or infinite voxels")
     pet_array = None
     if pet is not None:
-        pet_array = _internal(_read_pet(pet, name, canonical.shape, canonical.affine))
+        pet_array = internal_axes(read_pet_onto(pet, name, canonical.shape, canonical.affine))
     to_input = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(image.affine))
 
     def save(mask: np.ndarray, path: Path) -> Path:
@@ -56,7 +56,7 @@ def _canonical_scan(name: str, image: nib.Nifti1Image, pet: Path | None) -> Scan
         nib.save(out, path)
         return path
 
-    return Scan(name, ct, pet_array, _spacing(canonical.affine), "HU", save, ".nii.gz")
+    return Scan(name, ct, pet_array, canonical_spacing(canonical.affine), "HU", save, ".nii.gz")
 
 
 def scan_stem(path: Path, patient_id: str | None = None) -> str:
