@@ -15,7 +15,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -32,7 +34,7 @@ from sarcoma_seg.readers import read_slices, slice_files  # noqa: E402
 from sarcoma_seg.split import split_patients  # noqa: E402
 from sarcoma_seg.transforms import preprocessing_from_params  # noqa: E402
 from sarcoma_seg.volumes import Volume  # noqa: E402
-from stages.preprocess import slice_set  # noqa: E402
+from stages.preprocess import slice_set, with_pet_if_present  # noqa: E402
 
 
 def folder_split(folder: Path) -> dict[tuple[str, int], str]:
@@ -51,13 +53,16 @@ def subset(data: SliceSet, keep: np.ndarray) -> SliceSet:
     )
 
 
-def run_arm(name, volumes, rows_of, params, out) -> dict[str, float]:
+def run_arm(
+    name: str, volumes: list[Volume], rows_of: Callable, params: dict, out: Path
+) -> dict[str, Any]:
     """Train on the train rows, pick by the val rows, score the test rows on the native grid."""
     import mlflow
 
     from stages.train import train
 
     pre = preprocessing_from_params(params["base"], params["preprocess"], volumes[0].units)
+    pre = with_pet_if_present(pre, volumes)  # the exported slices carry no PET
     inference = check_inference(params["inference"])
     everything = slice_set(volumes, pre)
     sets = {
