@@ -72,6 +72,9 @@ def check_train_params(train: dict[str, Any]) -> None:
         raise SarcomaSegError(
             f"train.tumour_fraction={fraction!r} is not allowed; use null or 0 < f < 1"
         )
+    ema = train.get("ema_momentum")
+    if ema is not None and (not isinstance(ema, int | float) or not 0 < ema < 1):
+        raise SarcomaSegError(f"train.ema_momentum={ema!r} is not allowed; use null or 0 < m < 1")
     lr = train.get("learning_rate")
     if not isinstance(lr, int | float) or lr <= 0:
         raise SarcomaSegError(f"train.learning_rate={lr!r} is not allowed; it must be > 0")
@@ -102,11 +105,21 @@ def build_unet(
     return model
 
 
-def compile_unet(model: tf.keras.Model, train: dict[str, Any]) -> None:
-    """Adam, the configured loss, and the original study's IoU and F-score metrics."""
+def compile_unet(model: tf.keras.Model, train: dict[str, Any], steps_per_epoch: int = 1) -> None:
+    """Adam (with an exponential moving average of the weights if train.ema_momentum is set),
+    the configured loss, and the original study's IoU and F-score metrics."""
     loss = LOSSES[train.get("loss", "dice_focal")](float(train.get("focal_weight", 1.0)))
+    ema = train.get("ema_momentum")
+    optimizer = tf.keras.optimizers.Adam(
+        float(train["learning_rate"]),
+        use_ema=ema is not None,
+        ema_momentum=float(ema or 0.99),
+        # the averaged weights replace the raw ones at every epoch's end, so validation, the
+        # checkpoint and the next epoch all see them
+        ema_overwrite_frequency=steps_per_epoch if ema is not None else None,
+    )
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(float(train["learning_rate"])),
+        optimizer=optimizer,
         loss=loss,
         metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5)],
     )

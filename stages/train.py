@@ -37,8 +37,9 @@ def train(
     tp, seed = params["train"], params["base"]["seed"]
     seed_everything(seed)
     model = build_unet(tp["backbone"], tp["encoder_weights"], pre.input_channels, tp["bn_momentum"])
-    compile_unet(model, tp)
     augment = build_augmentation(tp["augment"], pre.image_size, seed)
+    batches = batch_sequence(train_set, tp["batch_size"], augment, seed, tp["tumour_fraction"])
+    compile_unet(model, tp, len(batches))
     weights = out / "best.weights.h5"
     monitor = tp.get("monitor", "val_loss")
     mode = MONITORS[monitor]
@@ -56,7 +57,7 @@ def train(
         tracking.epoch_logger(),
     ]
     fit = model.fit(
-        batch_sequence(train_set, tp["batch_size"], augment, seed, tp["tumour_fraction"]),
+        batches,
         validation_data=batch_sequence(val_set, tp["batch_size"]),
         epochs=tp["epochs"],
         callbacks=callbacks,
