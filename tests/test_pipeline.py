@@ -98,7 +98,7 @@ def test_mlflow_run_holds_everything_and_the_model_reloads(repo: Path) -> None:
     assert version.run_id in {r.info.run_id for r in runs}
     model = mlflow.pyfunc.load_model(f"runs:/{latest.info.run_id}/model")
     hu = np.full((3, 48, 48), -1000.0, dtype=np.float32)
-    masks = model.predict(hu)
+    masks = model.predict({"ct": hu, "pet": np.zeros_like(hu)})  # the phantoms carry PET
     assert masks.shape == (3, 48, 48) and set(np.unique(masks)) <= {0, 1}
 
 
