@@ -8,7 +8,10 @@ Arm "slice split": the study's folders (ct_images_dir = train, *_valid_dir = val
 Arm "patient split": `split.val` / `split.test` whole patients held out with `base.seed`.
 Both arms use params.yaml's preprocess / train / inference sections (plus --set overrides) and
 report the study's metric (mean slice IoU and F-score over the test slices), the Dice pooled
-over the test slices and, where whole patients are held out, the per-patient 3D Dice."""
+over the test slices and, where whole patients are held out, the per-patient 3D Dice.
+
+The study's validation folder holds no tumour at all (0 of 100 slices), so a Dice on it is 1 for
+an empty prediction and 0 otherwise: run with --set train.monitor=val_loss."""
 
 import argparse
 import os
