@@ -10,6 +10,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -27,11 +28,13 @@ from sarcoma_seg.scans import read_scan  # noqa: E402
 from sarcoma_seg.transforms import preprocessing_from_params  # noqa: E402
 
 
-def default_model(folder: Path) -> Path:
+def default_model(folder: Path, pet: bool = True) -> Path:
     """An untrained U-Net saved as train saves it, with the default params' preprocessing."""
     folder.mkdir(parents=True, exist_ok=True)
     params = load_params(ROOT / "params.yaml")
     pre = preprocessing_from_params(params["base"], params["preprocess"])
+    if not pet:
+        pre = replace(pre, pet_window=None)  # a CT-only model, as trained on a source without PET
     tp = params["train"]
     model = build_unet(tp["backbone"], None, pre.input_channels, tp["bn_momentum"])
     save_unet(model, folder / MODEL_FILE)
@@ -59,15 +62,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="rows = cols of each slice")
     parser.add_argument("--model", help="model folder or MLflow URI (default: untrained)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-pet", action="store_true", help="a CT-only model (no PET input)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        model = args.model or str(default_model((work / "model").resolve()))
+        model = args.model or str(default_model((work / "model").resolve(), not args.no_pet))
         ct, pet = ct_volume(work, args.slices, args.size)
         times = []
         for i in range(args.repeat):
             start = time.perf_counter()
-            scan = read_scan(ct, pet=pet)
+            scan = read_scan(ct, pet=None if args.no_pet else pet)
             predict_scan(model, scan, work / f"out{i}", progress=False)
             times.append(time.perf_counter() - start)
     best = min(times)
