@@ -437,7 +437,7 @@ def slice_indices(folder: Path) -> dict[str, list[int]]:
     return dict(indices)
 
 
-def _read_png(path: Path, patient_id: str, modes: tuple[str, ...]) -> np.ndarray:
+def read_png(path: Path, patient_id: str, modes: tuple[str, ...]) -> np.ndarray:
     """A grayscale PNG as a 2D array, refusing unreadable files and unexpected modes."""
     try:
         with Image.open(path) as image:
@@ -458,8 +458,8 @@ def _stack_patient(folder: Path, patient_id: str, items: list[SliceFile]) -> Vol
     """One patient's slices, stacked in slice-index order, as a validated Volume."""
     images, labels = [], []
     for item in items:
-        image = _read_png(item.image, patient_id, IMAGE_MODES)
-        label = _read_png(item.mask, patient_id, MASK_MODES)
+        image = read_png(item.image, patient_id, IMAGE_MODES)
+        label = read_png(item.mask, patient_id, MASK_MODES)
         if label.shape != image.shape:
             raise SarcomaSegError(
                 f"{_where(item.mask, patient_id)}: mask size {label.shape} differs from image "

@@ -13,8 +13,15 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from PIL import Image
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.readers import NIFTI_ERRORS, canonical_spacing, internal_axes, read_pet_onto
-from sarcoma_seg.volumes import KAGGLE_SPACING_MM, h5_patient_ids
+from sarcoma_seg.readers import (
+    IMAGE_MODES,
+    NIFTI_ERRORS,
+    canonical_spacing,
+    internal_axes,
+    read_pet_onto,
+    read_png,
+)
+from sarcoma_seg.volumes import KAGGLE_SPACING_MM, h5_patient_ids, read_h5_arrays
 
 DICOM_SKIP = {"DICOMDIR"}  # index files that sit beside a series and hold no pixels
 
@@ -131,10 +138,11 @@ def read_dicom_series(folder: Path, pet: Path | None = None) -> Scan:
             np.array(ds.ImageOrientationPatient, dtype=float), orientation, atol=1e-4
         ):
             raise SarcomaSegError(f"{path}: slice orientation differs from the series")
-    slices.sort(key=lambda s: float(np.dot(np.array(s[1].ImagePositionPatient, float), normal)))
-    positions = np.array(
+    along = np.array(
         [np.dot(np.array(ds.ImagePositionPatient, float), normal) for _, ds, _ in slices]
     )
+    order = np.argsort(along, kind="stable")
+    slices, positions = [slices[i] for i in order], along[order]
     gaps = np.diff(positions)
     if len(slices) > 1 and (gaps <= 0).any():
         where = slices[int(np.argmin(gaps)) + 1][0]
@@ -165,13 +173,8 @@ def read_h5_scan(path: Path, patient_id: str | None) -> Scan:
     ids = h5_patient_ids(path)
     if patient_id not in ids:
         raise SarcomaSegError(f"{path}: patient {patient_id} not found; it holds {', '.join(ids)}")
-    with h5py.File(path, "r") as h5:
-        ct = np.asarray(h5["ct_data"][patient_id][()], dtype=np.float32)
-        pet = None
-        if "pet_data" in h5 and patient_id in h5["pet_data"]:
-            pet = np.asarray(h5["pet_data"][patient_id][()], dtype=np.float32)
-    if pet is not None and pet.ndim == 4 and pet.shape[-1] == 1:
-        pet = pet[..., 0]  # the real file's PET carries a trailing singleton axis
+    arrays = read_h5_arrays(path, patient_id, ("ct_data", "pet_data"))  # no label needed
+    ct, pet = arrays["ct_data"], arrays.get("pet_data")
     if ct.ndim != 3:
         raise SarcomaSegError(f"{path}: patient {patient_id} CT has shape {ct.shape}, not 3D")
     if not np.isfinite(ct).all():
@@ -188,14 +191,7 @@ def read_h5_scan(path: Path, patient_id: str | None) -> Scan:
 
 def read_png_slice(path: Path) -> Scan:
     """One 8-bit grayscale CT slice exported as PNG; the mask is a PNG of the same size."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode, array = image.mode, np.asarray(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise SarcomaSegError(f"{path}: unreadable PNG ({exc})") from exc
-    if mode != "L":
-        raise SarcomaSegError(f"{path}: PNG mode {mode}, expected 8-bit grayscale (L)")
+    array = read_png(path, path.stem, IMAGE_MODES)  # 8-bit grayscale, as the exported set
 
     def save(mask: np.ndarray, out: Path) -> Path:
         """0 background / 1 tumour, as the exported data set's masks."""

@@ -57,17 +57,29 @@ def h5_patient_ids(path: Path) -> list[str]:
     return sorted(ct_ids)
 
 
-def read_h5_patient(path: Path, patient_id: str) -> Volume:
-    """Read one patient of a Kaggle-schema HDF5 file and validate it."""
+def read_h5_arrays(
+    path: Path, patient_id: str, groups: tuple[str, ...] = KAGGLE_GROUPS
+) -> dict[str, np.ndarray]:
+    """One patient's datasets of a Kaggle-schema HDF5 file by group (those of groups present),
+    refusing data stored outside the file; CT and PET as float32."""
     with h5py.File(path, "r") as h5:
-        dsets = {g: h5[g][patient_id] for g in KAGGLE_GROUPS if g in h5 and patient_id in h5[g]}
+        dsets = {g: h5[g][patient_id] for g in groups if g in h5 and patient_id in h5[g]}
         for group, dset in dsets.items():
             _check_h5_dataset(path, f"{group}/{patient_id}", dset)
-        ct = np.asarray(dsets["ct_data"][()], dtype=np.float32)
-        label = np.asarray(dsets["label_data"][()])
-        pet = dsets["pet_data"][()].astype(np.float32) if "pet_data" in dsets else None
+        arrays = {g: np.asarray(d[()]) for g, d in dsets.items()}
+    for group in ("ct_data", "pet_data"):
+        if group in arrays:
+            arrays[group] = arrays[group].astype(np.float32)
+    pet = arrays.get("pet_data")
     if pet is not None and pet.ndim == 4 and pet.shape[-1] == 1:
-        pet = pet[..., 0]  # the real file's PET carries a trailing singleton axis
+        arrays["pet_data"] = pet[..., 0]  # the real file's PET carries a trailing singleton axis
+    return arrays
+
+
+def read_h5_patient(path: Path, patient_id: str) -> Volume:
+    """Read one patient of a Kaggle-schema HDF5 file and validate it."""
+    arrays = read_h5_arrays(path, patient_id)
+    ct, label, pet = arrays["ct_data"], arrays["label_data"], arrays.get("pet_data")
     volume = Volume(patient_id, ct, label > 0, pet, KAGGLE_SPACING_MM, f"{path.name}:{patient_id}")
     check_volume(volume, label)
     volume.mask = volume.mask.astype(np.uint8)
