@@ -28,7 +28,8 @@ LOSSES = {
 }
 
 
-MONITORS = {"val_dice": "max", "val_loss": "min"}  # what picks the checkpoint, and its direction
+# what picks the checkpoint, and its direction; train.monitor "last" keeps the final weights
+MONITORS = {"val_dice": "max", "val_loss": "min"}
 
 
 def validation_dice(images: np.ndarray, masks: np.ndarray, batch_size: int = 8) -> Any:
@@ -59,7 +60,7 @@ def check_train_params(train: dict[str, Any]) -> None:
     choice("train.backbone", train.get("backbone"), backbones())
     choice("train.encoder_weights", train.get("encoder_weights"), ENCODER_WEIGHTS)
     choice("train.loss", train.get("loss", "dice_focal"), LOSSES)
-    choice("train.monitor", train.get("monitor", "val_loss"), MONITORS)
+    choice("train.monitor", train.get("monitor", "val_loss"), [*MONITORS, "last"])
     name = train.get("registered_model")
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise SarcomaSegError(

@@ -302,6 +302,34 @@ def _inside_extent(to_src: np.ndarray, out_shape: tuple, src_shape: tuple) -> np
     return inside
 
 
+def _linear_along(src: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
+    """src linearly interpolated at source positions coords along one axis; positions beyond
+    the edge centres take the edge value (scipy's mode="nearest")."""
+    n = src.shape[axis]
+    clamped = np.clip(coords, 0, n - 1)
+    low = np.minimum(np.floor(clamped).astype(np.intp), max(n - 2, 0))
+    high = np.minimum(low + 1, n - 1)
+    weight = (clamped - low).astype(src.dtype).reshape([-1 if a == axis else 1 for a in range(3)])
+    # indexing the leading axis of a moved view is ~20x faster than np.take on NIfTI's F order
+    front = np.moveaxis(src, axis, 0)
+    below = np.moveaxis(front[low], 0, axis)
+    return below + (np.moveaxis(front[high], 0, axis) - below) * weight
+
+
+def _resample_axis_aligned(src: np.ndarray, to_src: np.ndarray, out_shape: tuple) -> np.ndarray:
+    """Trilinear resampling for grids whose axes are parallel, as 1D passes: the same values as
+    affine_transform(order=1, mode="nearest"), several times faster on a 512 x 512 CT grid; an
+    axis both grids share (PET already on the CT grid) costs nothing."""
+    out = src
+    # shrinking axes first, growing ones last: every pass works on the smallest array it can
+    for axis in sorted(range(3), key=lambda a: out_shape[a] / src.shape[a]):
+        coords = to_src[axis, axis] * np.arange(out_shape[axis]) + to_src[axis, 3]
+        if out_shape[axis] == src.shape[axis] and np.allclose(coords, np.arange(src.shape[axis])):
+            continue  # the same sampling along this axis
+        out = _linear_along(out, axis, coords)
+    return np.array(out, dtype=src.dtype, copy=out is src)
+
+
 def _resample_onto(src: np.ndarray, src_affine: np.ndarray, out_shape: tuple, out_affine):
     """Linear resampling of src onto another grid through world coordinates; outside is 0."""
     to_src = np.linalg.inv(src_affine) @ out_affine  # output voxel index -> source voxel index
@@ -310,10 +338,11 @@ def _resample_onto(src: np.ndarray, src_affine: np.ndarray, out_shape: tuple, ou
     # truly outside the source are zeroed from _inside_extent
     matrix = to_src[:3, :3]
     if np.count_nonzero(matrix - np.diag(np.diag(matrix))) == 0:
-        matrix = np.diag(matrix)  # a 1D matrix takes scipy's faster zoom/shift path
-    values = ndimage.affine_transform(
-        src, matrix, to_src[:3, 3], output_shape=out_shape, order=1, mode="nearest"
-    )
+        values = _resample_axis_aligned(src, to_src, out_shape)
+    else:
+        values = ndimage.affine_transform(
+            src, matrix, to_src[:3, 3], output_shape=out_shape, order=1, mode="nearest"
+        )
     inside = _inside_extent(to_src, out_shape, src.shape)
     values[~inside] = 0.0
     return values, bool(inside.any())

@@ -132,6 +132,33 @@ def _crop(size: int) -> Callable[[dict[str, Any]], A.BasicTransform]:
     )
 
 
+class PetUptake(A.ImageOnlyTransform):
+    """Scale the PET channel (the last) by a random factor, or zero it: FDG uptake varies between
+    tumours, patients and scanners, and a model shown only bright tumours ignores the CT and
+    misses the faint ones. Only for models that read PET."""
+
+    def __init__(self, scale: tuple[float, float], drop: float = 0.0, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        if not 0 <= scale[0] <= scale[1] or not 0 <= drop <= 1:
+            raise ValueError("scale needs 0 <= low <= high and drop 0 <= d <= 1")
+        self.scale, self.drop = (float(scale[0]), float(scale[1])), float(drop)
+
+    def get_params(self) -> dict[str, float]:
+        """The factor of this call: 0 with probability drop, else uniform in scale."""
+        if self.py_random.random() < self.drop:
+            return {"factor": 0.0}
+        return {"factor": self.py_random.uniform(*self.scale)}
+
+    def apply(self, img: np.ndarray, factor: float = 1.0, **params: Any) -> np.ndarray:
+        """The image with its last channel scaled (and kept in [0, 1])."""
+        out = img.copy()
+        out[..., -1] = np.clip(out[..., -1] * factor, 0.0, 1.0)
+        return out
+
+
+PET_AUGMENTATIONS = ("pet_uptake",)  # act on the PET channel: skipped for CT-only models
+
+
 def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], A.BasicTransform]]:
     """Registry of switchable augmentations, each built from its params block."""
     border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
@@ -152,11 +179,15 @@ def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], A.BasicTra
         "blur_sharpen": _blur_sharpen,
         "gauss_noise": lambda c: A.GaussNoise(std_range=tuple(c["std_range"]), p=c["p"]),
         "random_crop": _crop(size),
+        "pet_uptake": lambda c: PetUptake(tuple(c["scale"]), c.get("drop", 0.0), p=c["p"]),
     }
 
 
-def build_augmentation(augment: dict[str, Any], image_size: int, seed: int) -> A.Compose:
-    """A seeded albumentations pipeline of the enabled transforms, in the original study's order."""
+def build_augmentation(
+    augment: dict[str, Any], image_size: int, seed: int, pet: bool = False
+) -> A.Compose:
+    """A seeded albumentations pipeline of the enabled transforms, in the original study's order
+    (then the PET ones, if the model reads PET)."""
     registry = _augmentations(image_size)
     unknown = sorted(set(augment) - set(registry))
     if unknown:
@@ -167,7 +198,7 @@ def build_augmentation(augment: dict[str, Any], image_size: int, seed: int) -> A
     transforms = []
     for name, build in registry.items():
         cfg = augment.get(name) or {}
-        if not cfg.get("enabled", False):
+        if not cfg.get("enabled", False) or (name in PET_AUGMENTATIONS and not pet):
             continue
         try:
             transforms.append(build(cfg))

@@ -37,25 +37,30 @@ def train(
     tp, seed = params["train"], params["base"]["seed"]
     seed_everything(seed)
     model = build_unet(tp["backbone"], tp["encoder_weights"], pre.input_channels, tp["bn_momentum"])
-    augment = build_augmentation(tp["augment"], pre.image_size, seed)
+    augment = build_augmentation(tp["augment"], pre.image_size, seed, pre.pet_window is not None)
     batches = batch_sequence(train_set, tp["batch_size"], augment, seed, tp["tumour_fraction"])
     compile_unet(model, tp, len(batches))
     weights = out / "best.weights.h5"
     monitor = tp.get("monitor", "val_loss")
-    mode = MONITORS[monitor]
-    callbacks = [
-        validation_dice(val_set.images, val_set.masks, tp["batch_size"]),  # first: fills logs
-        tf.keras.callbacks.ModelCheckpoint(
-            str(weights), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True
-        ),
-        tf.keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, mode=mode, factor=tp["lr_factor"], patience=tp["lr_patience"]
-        ),
-        tf.keras.callbacks.EarlyStopping(
-            monitor=monitor, mode=mode, patience=tp["early_stopping_patience"]
-        ),
-        tracking.epoch_logger(),
-    ]
+    callbacks = [validation_dice(val_set.images, val_set.masks, tp["batch_size"])]  # fills logs
+    if monitor != "last":  # "last": the final weights, no selection on validation at all
+        mode = MONITORS[monitor]
+        callbacks += [
+            tf.keras.callbacks.ModelCheckpoint(
+                str(weights),
+                monitor=monitor,
+                mode=mode,
+                save_best_only=True,
+                save_weights_only=True,
+            ),
+            tf.keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, mode=mode, factor=tp["lr_factor"], patience=tp["lr_patience"]
+            ),
+            tf.keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=mode, patience=tp["early_stopping_patience"]
+            ),
+        ]
+    callbacks.append(tracking.epoch_logger())
     fit = model.fit(
         batches,
         validation_data=batch_sequence(val_set, tp["batch_size"]),
@@ -64,9 +69,19 @@ def train(
         shuffle=False,  # the sequence shuffles itself with the seed
         verbose=2,
     )
-    model.load_weights(str(weights))
-    weights.unlink()
+    if monitor != "last":
+        model.load_weights(str(weights))
+        weights.unlink()
     return model, {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+
+
+def chosen_epoch(history: dict[str, list[float]], monitor: str) -> int:
+    """Index of the epoch whose weights were kept: the monitor's best, or the last."""
+    epochs = range(len(history["loss"]))
+    if monitor == "last":
+        return epochs[-1]
+    pick = max if MONITORS[monitor] == "max" else min
+    return pick(epochs, key=history[monitor].__getitem__)
 
 
 def write_history(history: dict[str, list[float]], path: Path) -> None:
@@ -95,7 +110,7 @@ def main() -> None:
     check_train_params(tp)
     check_image_size(params["base"]["image_size"])
     inference = check_inference(params["inference"])  # the model carries it: predict == evaluate
-    build_augmentation(tp["augment"], params["base"]["image_size"], 0)  # validate before output
+    build_augmentation(tp["augment"], params["base"]["image_size"], 0, pet=True)  # validate all
     pre, _ = load_config(Path(paths["preprocessed"]) / CONFIG_NAME)
     train_set = load_slice_set(Path(paths["preprocessed"]) / "train.npz")
     val_set = load_slice_set(Path(paths["preprocessed"]) / "val.npz")
@@ -114,9 +129,7 @@ def main() -> None:
         for key in ("loss", "iou_score"):
             history_figure(history, key, figures / f"{key}.png")
             mlflow.log_artifact(str(figures / f"{key}.png"), artifact_path="plots")
-        monitor = tp.get("monitor", "val_loss")
-        pick = max if MONITORS[monitor] == "max" else min
-        best = pick(range(len(history[monitor])), key=history[monitor].__getitem__)
+        best = chosen_epoch(history, tp.get("monitor", "val_loss"))
         summary = {k: history[k][best] for k in history if k.startswith("val_")}
         summary |= {"best_epoch": best + 1, "epochs_run": len(history["loss"])}
         Path(paths["metrics"]).mkdir(parents=True, exist_ok=True)

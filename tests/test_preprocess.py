@@ -122,3 +122,33 @@ def test_2p5d_channels_must_match_the_context() -> None:
     with pytest.raises(SarcomaSegError, match=r"context_slices=2.*channels = 5"):
         preprocessing_from_params(base, pre)
     assert preprocessing_from_params(base, {**pre, "channels": 5}).context == 2
+
+
+def test_pet_uptake_scales_only_the_pet_channel_within_its_range() -> None:
+    cfg = {"pet_uptake": {"enabled": True, "p": 1.0, "scale": [0.25, 0.5], "drop": 0.0}}
+    image = np.full((16, 16, 4), 0.8, np.float32)
+    mask = np.zeros((16, 16), np.uint8)
+    augment = build_augmentation(cfg, 16, seed=0, pet=True)
+    pets = [augment(image=image, mask=mask)["image"] for _ in range(20)]
+    for out in pets:
+        assert np.array_equal(out[..., :3], image[..., :3])  # CT untouched
+        assert 0.2 - 1e-6 <= out[0, 0, 3] <= 0.4 + 1e-6  # 0.8 x [0.25, 0.5]
+        assert np.all(out[..., 3] == out[0, 0, 3])  # one factor per slice
+    assert len({float(out[0, 0, 3]) for out in pets}) > 10  # random, not one fixed factor
+
+
+def test_pet_uptake_drop_zeroes_pet_and_is_skipped_for_ct_only_models() -> None:
+    cfg = {"pet_uptake": {"enabled": True, "p": 1.0, "scale": [1.0, 1.0], "drop": 1.0}}
+    image = np.full((16, 16, 4), 0.8, np.float32)
+    mask = np.zeros((16, 16), np.uint8)
+    out = build_augmentation(cfg, 16, seed=0, pet=True)(image=image, mask=mask)["image"]
+    assert np.all(out[..., 3] == 0.0) and np.all(out[..., :3] == 0.8)
+    ct_only = image[..., :3]
+    out = build_augmentation(cfg, 16, seed=0, pet=False)(image=ct_only, mask=mask)["image"]
+    assert np.array_equal(out, ct_only)  # no PET channel: the last CT channel is not touched
+
+
+def test_pet_uptake_with_a_bad_range_names_the_param() -> None:
+    cfg = {"pet_uptake": {"enabled": True, "p": 1.0, "scale": [1.0, 0.5]}}
+    with pytest.raises(SarcomaSegError, match=r"train\.augment\.pet_uptake"):
+        build_augmentation(cfg, 16, seed=0, pet=True)

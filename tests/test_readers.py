@@ -520,3 +520,38 @@ def test_real_png_slices(shared_data: Path) -> None:
     assert all(v.units == "png8" and v.ct.shape[1:] == (256, 256) for v in volumes)
     assert all(v.mask.any() and v.ct.max() <= 255 for v in volumes)
     assert len(slice_inputs(shared_data / "sts-slices")) == 2 * 1246
+
+
+@pytest.mark.parametrize(
+    ("src_shape", "out_shape", "scale", "offset"),
+    [
+        ((8, 8, 12), (32, 30, 12), (0.25, 0.27, 1.0), (-0.3, -0.2, 0.0)),  # coarse PET, CT slices
+        ((9, 7, 5), (6, 11, 13), (1.3, 0.7, 0.4), (-2.2, 0.4, 1.1)),  # shrink, grow, beyond edges
+        ((1, 5, 7), (3, 9, 7), (0.2, 0.5, 1.0), (0.0, -0.5, 0.3)),  # a single-voxel axis
+    ],
+)
+def test_axis_aligned_resampling_matches_scipy_affine_transform(
+    src_shape, out_shape, scale, offset
+) -> None:
+    from scipy import ndimage
+
+    from sarcoma_seg.readers import _resample_axis_aligned
+
+    src = np.asfortranarray(np.random.default_rng(0).random(src_shape, dtype=np.float32))
+    to_src = np.eye(4)
+    to_src[[0, 1, 2], [0, 1, 2]] = scale
+    to_src[:3, 3] = offset
+    expected = ndimage.affine_transform(
+        src, np.array(scale), np.array(offset), output_shape=out_shape, order=1, mode="nearest"
+    )
+    out = _resample_axis_aligned(src, to_src, out_shape)
+    assert out.shape == out_shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_pet_already_on_the_ct_grid_is_kept_as_is(tmp_path: Path) -> None:
+    folder = ibsi_patient(tmp_path, "STS_001")
+    pet = np.random.default_rng(2).random(SHAPE, dtype=np.float32) * 8
+    save(folder / "PET_image.nii.gz", pet, ras_affine())
+    (vol,) = read_nifti(tmp_path)
+    np.testing.assert_array_equal(vol.pet, pet.transpose(2, 1, 0))
