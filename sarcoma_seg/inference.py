@@ -53,13 +53,29 @@ def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
     return Preprocessing(**config), inference
 
 
+def components(mask: np.ndarray) -> tuple[np.ndarray, int, tuple[slice, ...]]:
+    """3D connected components (26-connectivity) of a binary mask, labelled inside its bounding
+    box only (labels, count, box): a tumour fills a sliver of a 512 x 512 CT."""
+    box = tuple(
+        slice(int(hits[0]), int(hits[-1]) + 1) if len(hits) else slice(0, 0)
+        for hits in (
+            np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+            for axis in range(3)
+        )
+    )
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3)))
+    return labels, int(count), box
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest 3D connected component (26-connectivity) of a binary mask."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    labels, count, box = components(mask)
     if count <= 1:
         return mask
     sizes = np.bincount(labels.ravel())[1:]
-    return (labels == 1 + int(np.argmax(sizes))).astype(mask.dtype)
+    out = np.zeros_like(mask)
+    out[box] = labels == 1 + int(np.argmax(sizes))
+    return out
 
 
 def volume_probabilities(

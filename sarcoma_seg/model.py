@@ -30,6 +30,10 @@ LOSSES = {
 
 # what picks the checkpoint, and its direction; train.monitor "last" keeps the final weights
 MONITORS = {"val_dice": "max", "val_loss": "min"}
+# plateau: halve the LR when the monitor stalls; cosine: decay to 1% over all epochs (nnU-Net
+# style, for a fixed budget that keeps the last weights); constant: neither
+LR_SCHEDULES = ("plateau", "cosine", "constant")
+COSINE_FLOOR = 0.01  # the cosine schedule ends at 1% of train.learning_rate, not at 0
 
 
 def validation_dice(images: np.ndarray, masks: np.ndarray, batch_size: int = 8) -> Any:
@@ -61,6 +65,12 @@ def check_train_params(train: dict[str, Any]) -> None:
     choice("train.encoder_weights", train.get("encoder_weights"), ENCODER_WEIGHTS)
     choice("train.loss", train.get("loss", "dice_focal"), LOSSES)
     choice("train.monitor", train.get("monitor", "val_loss"), [*MONITORS, "last"])
+    schedule = choice("train.lr_schedule", train.get("lr_schedule", "plateau"), LR_SCHEDULES)
+    if schedule == "plateau" and train.get("monitor", "val_loss") == "last":
+        raise SarcomaSegError(
+            "train.lr_schedule=plateau needs a validation monitor, but train.monitor=last; "
+            "use cosine or constant"
+        )
     name = train.get("registered_model")
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise SarcomaSegError(
@@ -111,8 +121,12 @@ def compile_unet(model: tf.keras.Model, train: dict[str, Any], steps_per_epoch: 
     the configured loss, and the original study's IoU and F-score metrics."""
     loss = LOSSES[train.get("loss", "dice_focal")](float(train.get("focal_weight", 1.0)))
     ema = train.get("ema_momentum")
+    rate: Any = float(train["learning_rate"])
+    if train.get("lr_schedule", "plateau") == "cosine":
+        steps = int(train["epochs"]) * steps_per_epoch
+        rate = tf.keras.optimizers.schedules.CosineDecay(rate, steps, alpha=COSINE_FLOOR)
     optimizer = tf.keras.optimizers.Adam(
-        float(train["learning_rate"]),
+        rate,
         use_ema=ema is not None,
         ema_momentum=float(ema or 0.99),
         # the averaged weights replace the raw ones at every epoch's end, so validation, the

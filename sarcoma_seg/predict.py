@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+from sarcoma_seg.inference import CONFIG_NAME, components, load_config, segment_volume
 from sarcoma_seg.scans import Scan, read_scan, scan_stem
 from sarcoma_seg.transforms import Preprocessing
 
@@ -55,7 +54,7 @@ def model_folder(uri: str, scratch: Path) -> Path:
 
 def lesion_summary(mask: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, Any]:
     """Tumour volume in cm3, connected lesions (26-connectivity) and the slices they span."""
-    _, lesions = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    _, lesions, _ = components(mask)
     slices = np.flatnonzero(mask.any(axis=(1, 2)))
     return {
         "tumour_volume_cm3": round(float(mask.sum()) * float(np.prod(spacing)) / 1000.0, 4),

@@ -53,13 +53,19 @@ def train(
                 save_best_only=True,
                 save_weights_only=True,
             ),
-            tf.keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, mode=mode, factor=tp["lr_factor"], patience=tp["lr_patience"]
-            ),
             tf.keras.callbacks.EarlyStopping(
                 monitor=monitor, mode=mode, patience=tp["early_stopping_patience"]
             ),
         ]
+    if tp.get("lr_schedule", "plateau") == "plateau":
+        callbacks.append(
+            tf.keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                mode=MONITORS[monitor],
+                factor=tp["lr_factor"],
+                patience=tp["lr_patience"],
+            )
+        )
     callbacks.append(tracking.epoch_logger())
     fit = model.fit(
         batches,

@@ -38,6 +38,18 @@ def test_largest_component_keeps_the_biggest_3d_lesion() -> None:
     assert np.array_equal(largest_component(np.zeros_like(mask)), np.zeros_like(mask))
 
 
+def test_largest_component_in_the_bounding_box_matches_labelling_the_whole_volume() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((12, 40, 40), np.uint8)
+    mask[3:10, 8:30, 12:35] = rng.random((7, 22, 23)) > 0.6  # many lesions, off-centre
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    biggest = labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
+    assert count > 2
+    assert np.array_equal(largest_component(mask), biggest.astype(np.uint8))
+
+
 def test_flip_tta_averages_with_the_mirror_and_postprocess_applies() -> None:
     ct = np.zeros((2, 64, 64), np.float32)
     plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": False}

@@ -102,11 +102,11 @@ def test_mlflow_run_holds_everything_and_the_model_reloads(repo: Path) -> None:
     assert masks.shape == (3, 48, 48) and set(np.unique(masks)) <= {0, 1}
 
 
-def test_monitor_last_keeps_the_final_epoch_and_pet_uptake_trains(repo: Path) -> None:
+def test_monitor_last_with_cosine_keeps_the_final_epoch_and_pet_uptake_trains(repo: Path) -> None:
     before = (repo / "metrics" / "evaluate.json").read_text()
     augment = tiny_params()["train"]["augment"]
     augment["pet_uptake"].update(enabled=True, p=1.0, drop=0.5)  # the phantoms carry PET
-    set_params(repo, monitor="last", epochs=2, augment=augment)
+    set_params(repo, monitor="last", lr_schedule="cosine", epochs=2, augment=augment)
     assert ran(run(["dvc", "repro"], repo)) == ["train", "evaluate"]
     summary = json.loads((repo / "metrics" / "train.json").read_text())
     assert summary["best_epoch"] == summary["epochs_run"] == 2

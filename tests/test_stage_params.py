@@ -46,6 +46,7 @@ def produced(project: Path) -> list[str]:
         ("train", "monitor", "val_acc", r"train\.monitor='val_acc'.*val_dice"),
         ("train", "registered_model", "a/b", r"train\.registered_model='a/b'"),
         ("train", "registered_model", "", r"train\.registered_model=''"),
+        ("train", "lr_schedule", "step", r"train\.lr_schedule='step'.*cosine"),
     ],
 )
 def test_train_refuses_bad_params_before_writing(
@@ -53,6 +54,15 @@ def test_train_refuses_bad_params_before_writing(
 ) -> None:
     write(project, section, key, value)
     with pytest.raises(SarcomaSegError, match=expected):
+        train.main()
+    assert produced(project) == []
+
+
+def test_plateau_schedule_without_a_monitor_is_refused(project: Path) -> None:
+    params = tiny_params()
+    params["train"].update(monitor="last", lr_schedule="plateau")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SarcomaSegError, match=r"train\.lr_schedule=plateau.*train\.monitor=last"):
         train.main()
     assert produced(project) == []
 
