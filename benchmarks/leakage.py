@@ -36,6 +36,7 @@ from benchmarks.cross_validation import override  # noqa: E402
 from sarcoma_seg.dataset import SliceSet  # noqa: E402
 from sarcoma_seg.inference import check_inference, segment_volume  # noqa: E402
 from sarcoma_seg.metrics import dice, iou, volume_scores  # noqa: E402
+from sarcoma_seg.model import check_train_params  # noqa: E402
 from sarcoma_seg.readers import read_slices, slice_files  # noqa: E402
 from sarcoma_seg.split import split_patients  # noqa: E402
 from sarcoma_seg.transforms import preprocessing_from_params  # noqa: E402
@@ -96,7 +97,9 @@ def run_arm(
         "tumour_slices": int(tumour.sum()),
         "slice_iou": float(iou(pred, truth, (1, 2)).mean()),
         "slice_fscore": float(dice(pred, truth, (1, 2)).mean()),
-        "tumour_slice_f": float(dice(pred[tumour], truth[tumour], (1, 2)).mean()),
+        "tumour_slice_f": float(dice(pred[tumour], truth[tumour], (1, 2)).mean())
+        if tumour.any()
+        else float("nan"),
         "pooled_dice": float(dice(pred, truth)),
         "dice_3d": per_patient,
         "train_minutes": minutes,
@@ -114,6 +117,7 @@ def main() -> None:
     params["train"]["monitor"] = "last"  # no selection on the study's tumour-free validation
     for assignment in args.set:
         override(params, assignment)
+    check_train_params(params["train"])  # the stage checks these; this script calls train()
     work = Path(tempfile.mkdtemp(prefix="sarcoma-leakage-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     volumes: list[Volume] = read_slices(Path(args.path))

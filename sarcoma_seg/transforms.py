@@ -135,11 +135,13 @@ def _crop(size: int) -> Callable[[dict[str, Any]], A.BasicTransform]:
 class PetUptake(A.ImageOnlyTransform):
     """Scale the PET channel (the last) by a random factor, or zero it: FDG uptake varies between
     tumours, patients and scanners, and a model shown only bright tumours ignores the CT and
-    misses the faint ones. Only for models that read PET."""
+    misses the faint ones. Only for models that read PET. It scales the windowed channel, so an
+    uptake above the window's top (already 1.0) comes out at the factor itself: fainter than a
+    truly weaker uptake would, which widens the range the model sees."""
 
     def __init__(self, scale: tuple[float, float], drop: float = 0.0, p: float = 0.5) -> None:
         super().__init__(p=p)
-        if not 0 <= scale[0] <= scale[1] or not 0 <= drop <= 1:
+        if len(scale) != 2 or not 0 <= scale[0] <= scale[1] or not 0 <= drop <= 1:
             raise ValueError("scale needs 0 <= low <= high and drop 0 <= d <= 1")
         self.scale, self.drop = (float(scale[0]), float(scale[1])), float(drop)
 

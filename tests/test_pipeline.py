@@ -102,14 +102,20 @@ def test_mlflow_run_holds_everything_and_the_model_reloads(repo: Path) -> None:
     assert masks.shape == (3, 48, 48) and set(np.unique(masks)) <= {0, 1}
 
 
-def test_monitor_last_with_cosine_keeps_the_final_epoch_and_pet_uptake_trains(repo: Path) -> None:
+def test_val_dice_checkpoint_with_plateau_schedule_and_without_pet_uptake(repo: Path) -> None:
+    # the defaults (monitor last, cosine, PET uptake on) ran in the fixture; this is the other
+    # branch: a checkpoint picked on validation Dice, ReduceLROnPlateau, no PET augmentation
     before = (repo / "metrics" / "evaluate.json").read_text()
     augment = tiny_params()["train"]["augment"]
-    augment["pet_uptake"].update(enabled=True, p=1.0, drop=0.5)  # the phantoms carry PET
-    set_params(repo, monitor="last", lr_schedule="cosine", epochs=2, augment=augment)
+    augment["pet_uptake"]["enabled"] = False
+    set_params(repo, monitor="val_dice", lr_schedule="plateau", epochs=3, augment=augment)
     assert ran(run(["dvc", "repro"], repo)) == ["train", "evaluate"]
     summary = json.loads((repo / "metrics" / "train.json").read_text())
-    assert summary["best_epoch"] == summary["epochs_run"] == 2
+    history = (repo / "plots" / "history.csv").read_text().splitlines()[1:]
+    val_dice = [float(row.split(",")[3]) for row in history]
+    assert summary["epochs_run"] == len(history)
+    assert summary["best_epoch"] == 1 + val_dice.index(max(val_dice))
+    assert summary["val_dice"] == pytest.approx(max(val_dice), abs=1e-6)
     assert not (repo / "data" / "model" / "best.weights.h5").exists()
     set_params(repo)
     run(["dvc", "repro"], repo)  # back to the default params: DVC's run cache restores them

@@ -148,7 +148,10 @@ def test_pet_uptake_drop_zeroes_pet_and_is_skipped_for_ct_only_models() -> None:
     assert np.array_equal(out, ct_only)  # no PET channel: the last CT channel is not touched
 
 
-def test_pet_uptake_with_a_bad_range_names_the_param() -> None:
-    cfg = {"pet_uptake": {"enabled": True, "p": 1.0, "scale": [1.0, 0.5]}}
+@pytest.mark.parametrize(
+    "bad", [{"scale": [1.0, 0.5]}, {"scale": [0.3]}, {"scale": 0.5}, {"drop": 2}, {"p": None}]
+)
+def test_pet_uptake_with_bad_settings_names_the_param(bad: dict) -> None:
+    cfg = {"pet_uptake": {"enabled": True, "p": 1.0, "scale": [0.3, 1.0], **bad}}
     with pytest.raises(SarcomaSegError, match=r"train\.augment\.pet_uptake"):
         build_augmentation(cfg, 16, seed=0, pet=True)

@@ -549,7 +549,15 @@ def test_axis_aligned_resampling_matches_scipy_affine_transform(
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
-def test_pet_already_on_the_ct_grid_is_kept_as_is(tmp_path: Path) -> None:
+def test_pet_already_on_the_ct_grid_is_kept_as_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sarcoma_seg.readers as readers
+
+    def no_interpolation(*args: object) -> None:
+        raise AssertionError("an axis both grids share was interpolated")
+
+    monkeypatch.setattr(readers, "_linear_along", no_interpolation)
     folder = ibsi_patient(tmp_path, "STS_001")
     pet = np.random.default_rng(2).random(SHAPE, dtype=np.float32) * 8
     save(folder / "PET_image.nii.gz", pet, ras_affine())

@@ -85,3 +85,10 @@ def test_cli_error_is_one_line_and_nonzero(project: Path) -> None:
     assert errors == ["error: train.epochs=0 is not allowed; it must be an integer >= 1"]
     assert "Traceback" not in done.stderr
     assert produced(project) == []
+
+
+def test_chosen_epoch_is_the_monitors_best_or_the_last() -> None:
+    history = {"loss": [0.9, 0.5, 0.4], "val_dice": [0.2, 0.7, 0.6], "val_loss": [0.8, 0.5, 0.3]}
+    assert train.chosen_epoch(history, "val_dice") == 1
+    assert train.chosen_epoch(history, "val_loss") == 2
+    assert train.chosen_epoch(history, "last") == 2
