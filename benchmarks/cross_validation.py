@@ -24,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("split", "preprocess", "train", "evaluate")
+THRESHOLDS = (0.3, 0.4, 0.6)  # ablated on each fold's weights, with the params' other settings
 
 
 def override(params: dict, assignment: str) -> None:
@@ -53,8 +54,8 @@ def run_stage(name: str, workdir: Path) -> float:
 
 
 def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float]]:
-    """Held-out 3D Dice of this fold's model under every postprocess x flip-TTA setting, so the
-    inference-time levers are measured on the very same weights."""
+    """Held-out 3D Dice of this fold's model under every postprocess x flip-TTA setting, and
+    under other thresholds, so the inference-time levers are measured on the very same weights."""
     import sarcoma_seg  # noqa: F401  (environment for TensorFlow and segmentation-models)
     from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
     from sarcoma_seg.metrics import volume_scores
@@ -66,10 +67,14 @@ def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float
     model = load_unet(model_dir / MODEL_FILE)
     test_ids = json.loads((workdir / params["paths"]["split"]).read_text())["test"]
     volumes = load_volumes(workdir / params["paths"]["raw"], test_ids)
+    variants = {
+        f"{post}{'+flip' if flip else ''}": {**inference, "postprocess": post, "tta_flip": flip}
+        for post, flip in itertools.product(("none", "largest_component"), (False, True))
+    }
+    for threshold in THRESHOLDS:
+        variants[f"threshold {threshold}"] = {**inference, "threshold": threshold}
     scores: dict[str, dict[str, float]] = {}
-    for post, flip in itertools.product(("none", "largest_component"), (False, True)):
-        variant = {**inference, "postprocess": post, "tta_flip": flip}
-        name = f"{post}{'+flip' if flip else ''}"
+    for name, variant in variants.items():
         scores[name] = {
             v.patient_id: volume_scores(
                 segment_volume(model, pre, v.ct, variant, v.pet), v.mask, v.spacing
@@ -93,7 +98,7 @@ def main() -> None:
     parser.add_argument(
         "--ablate-inference",
         action="store_true",
-        help="also score every postprocess x flip-TTA setting on each fold's model",
+        help="also score every postprocess x flip-TTA setting and other thresholds on each fold",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sarcoma-cv-"))
