@@ -88,9 +88,9 @@ def main() -> None:
             predict_scan(model, scan, work / f"out{i}", progress=False)
             times.append(time.perf_counter() - start)
     best = min(times)
-    pet = "no PET" if args.no_pet else f"PET {args.pet_size} x {args.pet_size}"
+    pet_grid = "no PET" if args.no_pet else f"PET {args.pet_size} x {args.pet_size}"
     print(
-        f"volume {args.slices} x {args.size} x {args.size} ({pet}): "
+        f"volume {args.slices} x {args.size} x {args.size} ({pet_grid}): "
         + ", ".join(f"{t:.2f} s" for t in times)
     )
     print(f"best {best:.2f} s = {args.slices / best:.1f} slices/s (target: under 10 s)")

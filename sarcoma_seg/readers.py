@@ -320,7 +320,8 @@ def _resample_axis_aligned(src: np.ndarray, to_src: np.ndarray, out_shape: tuple
     """Trilinear resampling for grids whose axes are parallel, as 1D passes: the same values as
     affine_transform(order=1, mode="nearest"), several times faster on a 512 x 512 CT grid; an
     axis both grids share (PET already on the CT grid) costs nothing."""
-    out = src if src.dtype.kind == "f" else src.astype(np.float32)  # weights need a float type
+    # a copy (the caller zeroes voxels outside the source), in a float type for the weights
+    out = src.astype(src.dtype if src.dtype.kind == "f" else np.float32)
     # shrinking axes first, growing ones last: every pass works on the smallest array it can
     for axis in sorted(range(3), key=lambda a: out_shape[a] / src.shape[a]):
         coords = to_src[axis, axis] * np.arange(out_shape[axis]) + to_src[axis, 3]
@@ -328,7 +329,7 @@ def _resample_axis_aligned(src: np.ndarray, to_src: np.ndarray, out_shape: tuple
         if len(coords) == len(index) and np.allclose(coords, index, rtol=0, atol=1e-6):
             continue  # the same sampling along this axis
         out = _linear_along(out, axis, coords)
-    return np.array(out, dtype=np.float32 if src.dtype.kind != "f" else src.dtype, copy=out is src)
+    return out
 
 
 def _resample_onto(src: np.ndarray, src_affine: np.ndarray, out_shape: tuple, out_affine):
