@@ -25,6 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("split", "preprocess", "train", "evaluate")
 THRESHOLDS = (0.3, 0.4, 0.6)  # ablated on each fold's weights, with the params' other settings
+Z_SIGMAS = (1.0, 2.0)  # slice smoothing of the probabilities, ablated likewise
 
 
 def override(params: dict, assignment: str) -> None:
@@ -54,8 +55,8 @@ def run_stage(name: str, workdir: Path) -> float:
 
 
 def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float]]:
-    """Held-out 3D Dice of this fold's model under every postprocess x flip-TTA setting, and
-    under other thresholds, so the inference-time levers are measured on the very same weights."""
+    """Held-out 3D Dice of this fold's model under every postprocess x flip-TTA setting, other
+    thresholds and slice smoothings: inference-time levers measured on the very same weights."""
     import sarcoma_seg  # noqa: F401  (environment for TensorFlow and segmentation-models)
     from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
     from sarcoma_seg.metrics import volume_scores
@@ -73,6 +74,8 @@ def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float
     }
     for threshold in THRESHOLDS:
         variants[f"threshold {threshold}"] = {**inference, "threshold": threshold}
+    for sigma in Z_SIGMAS:
+        variants[f"z_sigma {sigma}"] = {**inference, "z_sigma": sigma}
     scores: dict[str, dict[str, float]] = {}
     for name, variant in variants.items():
         scores[name] = {
@@ -98,7 +101,7 @@ def main() -> None:
     parser.add_argument(
         "--ablate-inference",
         action="store_true",
-        help="also score every postprocess x flip-TTA setting and other thresholds on each fold",
+        help="also score postprocess x flip-TTA, other thresholds and z_sigma on each fold",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sarcoma-cv-"))
@@ -122,6 +125,10 @@ def main() -> None:
         with (work / params["paths"]["metrics"] / "per_patient.csv").open() as f:
             rows += [{"fold": fold, **row} for row in csv.DictReader(f)]
         print(f"fold {fold} done, {seconds / 60:.1f} min so far", file=sys.stderr)
+        # each fold's weights stay in the scratch copy, to be scored again under other settings
+        shutil.copytree(
+            work / params["paths"]["model"], work / "folds" / str(fold), dirs_exist_ok=True
+        )
         if args.ablate_inference:
             for name, per_patient in inference_ablation(work, params).items():
                 ablation.setdefault(name, {}).update(per_patient)

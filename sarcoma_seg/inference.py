@@ -27,10 +27,16 @@ def check_inference(inference: dict[str, Any]) -> dict[str, Any]:
     choice("inference.postprocess", inference.get("postprocess", "none"), POSTPROCESS)
     if not isinstance(inference.get("tta_flip", False), bool):
         raise SarcomaSegError("inference.tta_flip must be true or false")
+    sigma = inference.get("z_sigma", 0)
+    if not isinstance(sigma, int | float) or isinstance(sigma, bool) or not 0 <= sigma <= 10:
+        raise SarcomaSegError(
+            f"inference.z_sigma={sigma!r} is not allowed; give slices, 0 (off) to 10"
+        )
     return {
         "threshold": float(threshold),
         "postprocess": inference.get("postprocess", "none"),
         "tta_flip": inference.get("tta_flip", False),
+        "z_sigma": float(sigma),
     }
 
 
@@ -102,6 +108,15 @@ def volume_probabilities(
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.float32)
 
 
+def smooth_across_slices(probs: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-smooth (slices, rows, cols) probabilities along the slice axis (sigma in slices):
+    a 2D model sees each slice alone, so a tumour flickers between neighbours; 0 leaves them."""
+    if not sigma or len(probs) < 2:
+        return probs
+    # nearest: the end slices are not faded by imagined empty slices beyond the scan
+    return ndimage.gaussian_filter1d(probs, sigma, axis=0, mode="nearest")
+
+
 def segment_volume(
     model: Any,
     pre: Preprocessing,
@@ -115,6 +130,7 @@ def segment_volume(
     mask on the same grid; progress(n) is called after every n slices."""
     images = pre.volume(ct, pet)
     probs = volume_probabilities(model, images, inference["tta_flip"], batch_size, progress)
+    probs = smooth_across_slices(probs, inference.get("z_sigma", 0.0))
     threshold = inference["threshold"]
     mask = np.stack([pre.restore(p, s.shape) >= threshold for p, s in zip(probs, ct)])
     mask = mask.astype(np.uint8)

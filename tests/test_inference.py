@@ -62,6 +62,53 @@ def test_flip_tta_averages_with_the_mirror_and_postprocess_applies() -> None:
     assert low.all()
 
 
+class SliceProbabilityModel:
+    """Stands in for the U-Net: one given probability for the whole of each slice, in order."""
+
+    def __init__(self, per_slice: list[float]) -> None:
+        self.per_slice, self.seen = per_slice, 0
+
+    def __call__(self, images, training: bool):
+        import tensorflow as tf
+
+        n = len(images)
+        values = np.array(self.per_slice[self.seen : self.seen + n], np.float32)
+        self.seen += n
+        return tf.constant(np.broadcast_to(values[:, None, None, None], (n, *images.shape[1:3], 1)))
+
+
+def test_z_sigma_fills_a_dropped_slice_and_removes_a_lone_one() -> None:
+    ct = np.zeros((11, 32, 32), np.float32)
+    # a tumour on slices 1-6 that the model lost on slice 4; slice 9 alone is a flicker
+    per_slice = [0.0, 0.9, 0.9, 0.9, 0.3, 0.9, 0.9, 0.0, 0.0, 0.6, 0.0]
+    plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": False, "z_sigma": 0.0}
+    hits = segment_volume(SliceProbabilityModel(per_slice), PRE, ct, plain).any(axis=(1, 2))
+    assert hits.tolist() == [p >= 0.5 for p in per_slice]
+    # sigma 1: 0.627 0.815 0.751 0.656 0.702 0.600 on slices 1-6, 0.243 on slice 9
+    smoothed = segment_volume(SliceProbabilityModel(per_slice), PRE, ct, {**plain, "z_sigma": 1})
+    assert smoothed.any(axis=(1, 2)).tolist() == [0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+
+
+def test_z_sigma_matches_a_gaussian_along_slices_only() -> None:
+    from scipy import ndimage
+
+    from sarcoma_seg.inference import smooth_across_slices
+
+    probs = np.random.default_rng(2).random((6, 5, 4)).astype(np.float32)
+    out = smooth_across_slices(probs, 1.5)
+    expected = np.stack(
+        [
+            ndimage.gaussian_filter1d(probs[:, r, c], 1.5, mode="nearest")
+            for r in range(5)
+            for c in range(4)
+        ],
+        axis=1,
+    ).reshape(6, 5, 4)
+    assert np.allclose(out, expected, atol=1e-6)
+    assert smooth_across_slices(probs, 0.0) is probs
+    assert np.allclose(smooth_across_slices(np.full((3, 2, 2), 0.7), 2.0), 0.7)
+
+
 def test_progress_counts_every_slice_once() -> None:
     seen: list[int] = []
     plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": True}
@@ -83,6 +130,8 @@ def test_config_round_trip(tmp_path: Path) -> None:
         ({"threshold": 1.5}, "inference.threshold"),
         ({"threshold": 0.5, "postprocess": "crf"}, "inference.postprocess"),
         ({"threshold": 0.5, "tta_flip": "yes"}, "inference.tta_flip"),
+        ({"threshold": 0.5, "z_sigma": -1}, "inference.z_sigma"),
+        ({"threshold": 0.5, "z_sigma": "wide"}, "inference.z_sigma"),
     ],
 )
 def test_bad_inference_params_name_the_param(inference: dict, param: str) -> None:
