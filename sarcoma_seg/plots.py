@@ -14,7 +14,8 @@ def history_figure(history: dict[str, list[float]], key: str, path: Path) -> Non
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = np.arange(1, len(history[key]) + 1)
     ax.plot(epochs, history[key], label=f"train {key}")
-    ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
+    if f"val_{key}" in history:  # split.val: 0 has no validation curve
+        ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
     ax.legend()

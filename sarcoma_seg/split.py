@@ -15,7 +15,7 @@ def split_patients(
     ids = sorted(set(patient_ids))
     if len(ids) != len(patient_ids):
         raise SarcomaSegError("split: duplicate patient ids in the input")
-    val = check_positive_int("split.val", counts.get("val"))
+    val = check_positive_int("split.val", counts.get("val"), 0)  # 0: no validation (monitor last)
     test = check_positive_int("split.test", counts.get("test"))
     train = counts.get("train")
     train = len(ids) - val - test if train is None else check_positive_int("split.train", train)
@@ -46,7 +46,7 @@ def kfold_patients(
         raise SarcomaSegError(f"split.folds={k} is more than the {len(ids)} patients available")
     if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < k:
         raise SarcomaSegError(f"split.fold={fold!r} is not allowed; choose 0 to {k - 1}")
-    val = check_positive_int("split.val", val)
+    val = check_positive_int("split.val", val, 0)
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     chunks = np.array_split(np.array(order), k)
     rest = [p for i, chunk in enumerate(chunks) if i != fold for p in chunk.tolist()]

@@ -16,7 +16,17 @@ from sarcoma_seg.volumes import Volume, load_volumes
 
 
 def slice_set(volumes: list[Volume], pre: Preprocessing) -> SliceSet:
-    """Every axial slice of the given patients, preprocessed and tagged with patient and index."""
+    """Every axial slice of the given patients, preprocessed and tagged with patient and index;
+    no patients (split.val: 0) give an empty set of the same layout."""
+    if not volumes:
+        size = pre.image_size
+        return SliceSet(
+            images=np.zeros((0, size, size, pre.input_channels), np.float32),
+            masks=np.zeros((0, size, size), np.uint8),
+            patients=np.zeros(0, str),
+            slices=np.zeros(0, np.int64),
+            spacing={},
+        )
     return SliceSet(
         images=np.concatenate([pre.volume(v.ct, v.pet) for v in volumes]),
         masks=np.concatenate([pre.volume_mask(v.mask) for v in volumes]),
@@ -51,7 +61,7 @@ def stats(data: SliceSet) -> dict[str, float | int]:
         "patients_without_tumour": int(sum(v == 0 for v in per_patient.values())),
         "slices": len(data.masks),
         "tumour_slices": int((per_slice > 0).sum()),
-        "tumour_pixel_fraction": round(float(data.masks.mean()), 6),
+        "tumour_pixel_fraction": round(float(data.masks.mean()), 6) if len(data.masks) else 0.0,
     }
 
 

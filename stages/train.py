@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from sarcoma_seg import tracking
 from sarcoma_seg.dataset import SliceSet, batch_sequence, load_slice_set
-from sarcoma_seg.errors import run_cli
+from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config
 from sarcoma_seg.model import (
     MODEL_FILE,
@@ -42,7 +42,10 @@ def train(
     compile_unet(model, tp, len(batches))
     weights = out / "best.weights.h5"
     monitor = tp.get("monitor", "val_loss")
-    callbacks = [validation_dice(val_set.images, val_set.masks, tp["batch_size"])]  # fills logs
+    validate = len(val_set.images) > 0  # split.val: 0 trains on every non-test patient
+    callbacks = []
+    if validate:  # fills the logs' val_dice
+        callbacks.append(validation_dice(val_set.images, val_set.masks, tp["batch_size"]))
     if monitor != "last":  # "last": the final weights, no selection on validation at all
         mode = MONITORS[monitor]
         callbacks += [
@@ -69,7 +72,7 @@ def train(
     callbacks.append(tracking.epoch_logger())
     fit = model.fit(
         batches,
-        validation_data=batch_sequence(val_set, tp["batch_size"]),
+        validation_data=batch_sequence(val_set, tp["batch_size"]) if validate else None,
         epochs=tp["epochs"],
         callbacks=callbacks,
         shuffle=False,  # the sequence shuffles itself with the seed
@@ -90,8 +93,18 @@ def chosen_epoch(history: dict[str, list[float]], monitor: str) -> int:
     return pick(epochs, key=history[monitor].__getitem__)
 
 
+def check_validation(val_set: SliceSet, monitor: str) -> None:
+    """A monitor that picks weights on validation needs validation patients."""
+    if not len(val_set.images) and monitor != "last":
+        raise SarcomaSegError(
+            f"train.monitor={monitor} picks weights on validation, but split.val is 0 "
+            "(no validation patients); use train.monitor: last"
+        )
+
+
 def write_history(history: dict[str, list[float]], path: Path) -> None:
-    """Per-epoch history as CSV, the DVC plots source."""
+    """Per-epoch history as CSV, the DVC plots source; without validation its columns stay
+    empty, so the plots' fields exist either way."""
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = [
         "loss",
@@ -106,7 +119,9 @@ def write_history(history: dict[str, list[float]], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["epoch", *keys])
         for i in range(len(history["loss"])):
-            writer.writerow([i + 1, *(round(history[k][i], 6) for k in keys)])
+            writer.writerow(
+                [i + 1, *(round(history[k][i], 6) if k in history else "" for k in keys)]
+            )
 
 
 def main() -> None:
@@ -120,6 +135,7 @@ def main() -> None:
     pre, _ = load_config(Path(paths["preprocessed"]) / CONFIG_NAME)
     train_set = load_slice_set(Path(paths["preprocessed"]) / "train.npz")
     val_set = load_slice_set(Path(paths["preprocessed"]) / "val.npz")
+    check_validation(val_set, tp.get("monitor", "val_loss"))
     out, plots, figures = Path(paths["model"]), Path(paths["plots"]), Path(paths["figures"])
     for folder in (out, plots, figures):
         folder.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 MLflow run it leaves behind (reopened, its model reloaded)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -120,6 +122,47 @@ def test_val_dice_checkpoint_with_plateau_schedule_and_without_pet_uptake(repo: 
     set_params(repo)
     run(["dvc", "repro"], repo)  # back to the default params: DVC's run cache restores them
     assert (repo / "metrics" / "evaluate.json").read_text() == before
+
+
+def test_val_zero_trains_on_every_non_test_patient_and_a_monitor_needs_validation(
+    repo: Path,
+) -> None:
+    params = tiny_params()
+    params["split"]["val"] = 0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(run(["dvc", "repro"], repo)) == ["split", "preprocess", "train", "evaluate"]
+    stats = json.loads((repo / "metrics" / "data_stats.json").read_text())
+    assert stats["val"] == {
+        "patients": 0,
+        "patients_without_tumour": 0,
+        "slices": 0,
+        "tumour_slices": 0,
+        "tumour_pixel_fraction": 0.0,
+    }
+    assert stats["train"]["patients"] == 2  # split.train: 2 stays; the val patient goes unused
+    history = (repo / "plots" / "history.csv").read_text().splitlines()
+    assert [row.split(",")[2:4] for row in history[1:]] == [["", ""], ["", ""]]  # no val_*
+    summary = json.loads((repo / "metrics" / "train.json").read_text())
+    assert summary == {"best_epoch": 2, "epochs_run": 2}
+    assert json.loads((repo / "metrics" / "evaluate.json").read_text())["test"]["patients"] == 1
+    model = (repo / "data" / "model" / "model.h5").read_bytes()
+    params["train"]["monitor"] = "val_dice"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.train"], cwd=repo, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "train.monitor=val_dice picks weights on validation, but split.val is 0 "
+            "(no validation patients); use train.monitor: last"
+        )
+    )
+    assert (repo / "data" / "model" / "model.h5").read_bytes() == model  # nothing rewritten
+    set_params(repo)
+    run(["dvc", "repro"], repo)
 
 
 def test_dvc_exp_run_and_show_list_params_and_metrics(repo: Path) -> None:

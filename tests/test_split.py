@@ -30,11 +30,21 @@ def test_train_null_takes_the_rest_and_leftovers_are_reported() -> None:
     assert len(split_patients(PATIENTS, {"train": 3, "val": 1, "test": 2}, 0)["unused"]) == 4
 
 
+def test_val_zero_gives_every_non_test_patient_to_training() -> None:
+    plain = split_patients(PATIENTS, {"train": None, "val": 0, "test": 2}, 0)
+    assert plain["val"] == [] and len(plain["train"]) == 8
+    for fold in range(5):
+        kfold = make_split(PATIENTS, {"folds": 5, "fold": fold, "val": 0}, 3)
+        with_val = make_split(PATIENTS, {"folds": 5, "fold": fold, "val": 2}, 3)
+        assert kfold["val"] == [] and kfold["test"] == with_val["test"]  # same held-out patients
+        assert sorted(kfold["train"]) == sorted(with_val["train"] + with_val["val"])
+
+
 @pytest.mark.parametrize(
     ("counts", "param"),
     [
         ({"train": 8, "val": 2, "test": 2}, "split.train"),
-        ({"train": 6, "val": 0, "test": 2}, "split.val"),
+        ({"train": 6, "val": -1, "test": 2}, "split.val"),
         ({"train": 6, "val": 2, "test": "two"}, "split.test"),
     ],
 )
