@@ -54,7 +54,7 @@ def with_pet_if_present(pre: Preprocessing, volumes: list[Volume]) -> Preprocess
 
 def stats(data: SliceSet) -> dict[str, float | int]:
     """Slices, tumour-bearing slices, tumour pixel fraction and tumour-free patients of a split."""
-    per_slice = data.masks.reshape(len(data.masks), -1).sum(axis=1)
+    per_slice = data.masks.sum(axis=(1, 2))
     per_patient = {p: per_slice[idx].sum() for p, idx in data.patient_indices().items()}
     return {
         "patients": len(per_patient),
