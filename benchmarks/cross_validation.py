@@ -24,8 +24,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("split", "preprocess", "train", "evaluate")
-THRESHOLDS = (0.3, 0.4, 0.6)  # ablated on each fold's weights, with the params' other settings
-Z_SIGMAS = (1.0, 2.0)  # slice smoothing of the probabilities, ablated likewise
+# threshold x z_sigma grid scored on each fold's weights, with the params' other settings
+THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
+Z_SIGMAS = (0.0, 1.0, 2.0, 3.0)
 
 
 def override(params: dict, assignment: str) -> None:
@@ -58,7 +59,12 @@ def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float
     """Held-out 3D Dice of this fold's model under every postprocess x flip-TTA setting, other
     thresholds and slice smoothings: inference-time levers measured on the very same weights."""
     import sarcoma_seg  # noqa: F401  (environment for TensorFlow and segmentation-models)
-    from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+    from sarcoma_seg.inference import (
+        CONFIG_NAME,
+        load_config,
+        probabilities_to_mask,
+        volume_probabilities,
+    )
     from sarcoma_seg.metrics import volume_scores
     from sarcoma_seg.model import MODEL_FILE, load_unet
     from sarcoma_seg.volumes import load_volumes
@@ -72,18 +78,21 @@ def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float
         f"{post}{'+flip' if flip else ''}": {**inference, "postprocess": post, "tta_flip": flip}
         for post, flip in itertools.product(("none", "largest_component"), (False, True))
     }
-    for threshold in THRESHOLDS:
-        variants[f"threshold {threshold}"] = {**inference, "threshold": threshold}
-    for sigma in Z_SIGMAS:
-        variants[f"z_sigma {sigma}"] = {**inference, "z_sigma": sigma}
-    scores: dict[str, dict[str, float]] = {}
-    for name, variant in variants.items():
-        scores[name] = {
-            v.patient_id: volume_scores(
-                segment_volume(model, pre, v.ct, variant, v.pet), v.mask, v.spacing
-            )["dice_3d"]
-            for v in volumes
+    for threshold, sigma in itertools.product(THRESHOLDS, Z_SIGMAS):
+        variants[f"threshold {threshold} z_sigma {sigma}"] = {
+            **inference,
+            "threshold": threshold,
+            "z_sigma": sigma,
         }
+    scores: dict[str, dict[str, float]] = {}
+    for v in volumes:  # the model runs once per flip setting; the variants reuse its output
+        images = pre.volume(v.ct, v.pet)
+        probs = {flip: volume_probabilities(model, images, flip) for flip in (False, True)}
+        for name, variant in variants.items():
+            mask = probabilities_to_mask(probs[variant["tta_flip"]], pre, v.ct.shape[1:], variant)
+            scores.setdefault(name, {})[v.patient_id] = volume_scores(mask, v.mask, v.spacing)[
+                "dice_3d"
+            ]
     return scores
 
 

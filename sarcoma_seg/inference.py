@@ -130,8 +130,15 @@ def segment_volume(
     mask on the same grid; progress(n) is called after every n slices."""
     images = pre.volume(ct, pet)
     probs = volume_probabilities(model, images, inference["tta_flip"], batch_size, progress)
+    return probabilities_to_mask(probs, pre, ct.shape[1:], inference)
+
+
+def probabilities_to_mask(
+    probs: np.ndarray, pre: Preprocessing, shape: tuple[int, int], inference: dict[str, Any]
+) -> np.ndarray:
+    """Model-grid probabilities (slices, size, size) -> uint8 mask on the (rows, cols) slice grid:
+    smoothed across slices, restored, thresholded and postprocessed as `inference` says."""
     probs = smooth_across_slices(probs, inference.get("z_sigma", 0.0))
     threshold = inference["threshold"]
-    mask = np.stack([pre.restore(p, s.shape) >= threshold for p, s in zip(probs, ct)])
-    mask = mask.astype(np.uint8)
+    mask = np.stack([pre.restore(p, shape) >= threshold for p in probs]).astype(np.uint8)
     return largest_component(mask) if inference["postprocess"] == "largest_component" else mask
