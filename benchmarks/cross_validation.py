@@ -102,7 +102,9 @@ def main() -> None:
     parser.add_argument("--source", default="synthetic")
     parser.add_argument("--path", default=None, help="data.path for local sources")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--val", type=int, default=2, help="validation patients per fold")
+    parser.add_argument(
+        "--val", type=int, default=None, help="validation patients per fold (default: split.val)"
+    )
     parser.add_argument("--set", action="append", default=[], help="extra key=value params")
     parser.add_argument(
         "--only", type=int, action="append", help="run just these folds (screening a lever)"
@@ -121,7 +123,9 @@ def main() -> None:
     sys.path.insert(0, str(work))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(source=args.source, path=args.path and str(Path(args.path).resolve()))
-    params["split"].update(folds=args.folds, val=args.val)
+    params["split"]["folds"] = args.folds
+    if args.val is not None:
+        params["split"]["val"] = args.val
     for assignment in args.set:
         override(params, assignment)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
