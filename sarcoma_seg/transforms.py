@@ -44,10 +44,16 @@ class Preprocessing:
         return self.volume(hu_slice[None], None if pet_slice is None else pet_slice[None])[0]
 
     def mask(self, mask_slice: np.ndarray) -> np.ndarray:
-        """One mask slice -> uint8 (size, size) of 0/1; nearest keeps labels labels."""
-        binary = (mask_slice > 0).astype(np.uint8)
+        """One mask slice -> uint8 (size, size) of 0/1: a pixel is tumour where tumour covers at
+        least half of its footprint, so the mask stays centred on the image's pixels."""
+        binary = (mask_slice > 0).astype(np.float32)
         size = (self.image_size, self.image_size)
-        return cv2.resize(binary, size, interpolation=cv2.INTER_NEAREST)
+        # not INTER_NEAREST: OpenCV samples each footprint's top-left source pixel, shifting the
+        # mask against the INTER_AREA image by up to half a model pixel (IBSI: a perfect model
+        # restored to the CT grid scores 0.963 3D Dice that way, 0.985 with the covered fraction)
+        shrink = mask_slice.shape[0] >= size[1] and mask_slice.shape[1] >= size[0]
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        return (cv2.resize(binary, size, interpolation=interpolation) >= 0.5).astype(np.uint8)
 
     def volume(self, ct: np.ndarray, pet: np.ndarray | None = None) -> np.ndarray:
         """A CT volume (slices, rows, cols), and PET on its grid if the model reads PET ->

@@ -24,13 +24,34 @@ def test_image_shape_and_channels_replicated() -> None:
     assert np.array_equal(out[..., 0], out[..., 2])
 
 
-def test_mask_is_binarised_and_resized_nearest() -> None:
+def test_mask_is_binarised_and_resized_by_covered_fraction() -> None:
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[16:48, 16:48] = 2  # label 2 is tumour too (values 0, 1, 2 occur in the exported set)
     out = PRE.mask(mask)
     assert out.shape == (32, 32) and out.dtype == np.uint8
     assert set(np.unique(out)) == {0, 1}
     assert out.sum() == 16 * 16
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mask_downsampling_is_centred(side: str) -> None:
+    # 10 -> 4 pixels: footprints [0, 2.5), [2.5, 5), [5, 7.5), [7.5, 10); a 4-pixel-wide tumour
+    # at either edge covers 100% and 60% of the two outer footprints, so both mirror images
+    # keep two columns (INTER_NEAREST keeps two on the left but one on the right)
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    cols = slice(0, 4) if side == "left" else slice(6, 10)
+    mask[:, cols] = 1
+    out = Preprocessing((-160.0, 240.0), 4, 3).mask(mask)
+    expected = np.zeros((4, 4), dtype=np.uint8)
+    expected[:, slice(0, 2) if side == "left" else slice(2, 4)] = 1
+    assert np.array_equal(out, expected)
+
+
+def test_mask_upsampling_keeps_the_tumour_where_it_was() -> None:
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[1:3, 1:3] = 1
+    out = Preprocessing((-160.0, 240.0), 8, 3).mask(mask)
+    assert out.sum() == 4 * 4 and np.array_equal(out, out[::-1, ::-1])  # centred, symmetric
 
 
 def test_volume_and_restore_roundtrip() -> None:
