@@ -77,6 +77,12 @@ def check_train_params(train: dict[str, Any]) -> None:
             f"train.registered_model={name!r} is not allowed; give a name without '/'"
         )
     check_positive_int("train.epochs", train.get("epochs"))
+    members = check_positive_int("train.ensemble", train.get("ensemble", 1))
+    if members > 1 and train.get("monitor", "val_loss") != "last":
+        raise SarcomaSegError(
+            f"train.ensemble={members} averages members trained for the same epochs, but "
+            f"train.monitor={train.get('monitor', 'val_loss')} stops each early; use monitor: last"
+        )
     check_positive_int("train.batch_size", train.get("batch_size"))
     fraction = train.get("tumour_fraction")
     if fraction is not None and (not isinstance(fraction, int | float) or not 0 < fraction < 1):
@@ -138,6 +144,25 @@ def compile_unet(model: tf.keras.Model, train: dict[str, Any], steps_per_epoch: 
         loss=loss,
         metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5)],
     )
+
+
+def average_members(members: list[tf.keras.Model], channels: int) -> tf.keras.Model:
+    """One model whose output is the mean of the members' tumour probabilities, saved, served
+    and predicted with like a single U-Net; one member is returned as it is."""
+    if len(members) == 1:
+        return members[0]
+    image = tf.keras.Input((None, None, channels), name="image")
+    # each member renamed (sm names every U-Net alike), so the HDF5 file keeps them apart
+    renamed = [
+        tf.keras.Model(m.inputs, m.outputs, name=f"member_{i}") for i, m in enumerate(members)
+    ]
+    mean = tf.keras.layers.Average(name="member_mean")([m(image) for m in renamed])
+    return tf.keras.Model(image, mean, name="ensemble")
+
+
+def mean_history(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Per-epoch mean of the members' histories (members train for the same epochs)."""
+    return {k: np.mean([h[k] for h in histories], axis=0).tolist() for k in histories[0]}
 
 
 MODEL_FILE = "model.h5"  # HDF5: tf-keras reads a .keras zip ~60x slower (38 s vs 0.6 s here)

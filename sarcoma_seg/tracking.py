@@ -112,17 +112,24 @@ def log_manifest(manifest_path: Path) -> None:
     mlflow.set_tags({"data.digest": manifest["digest"], "data.source": manifest["source"]})
 
 
-def epoch_logger() -> Any:
-    """A Keras callback that logs every epoch's metrics and learning rate to the active run."""
+def epoch_logger(prefix: str = "") -> Any:
+    """A Keras callback that logs every epoch's metrics and learning rate to the active run,
+    each key after `prefix` (an ensemble's member_<i>/)."""
     import tensorflow as tf
 
     class EpochLogger(tf.keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             metrics = {k: float(v) for k, v in (logs or {}).items()}
             metrics["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
-            mlflow.log_metrics(metrics, step=epoch)
+            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=epoch)
 
     return EpochLogger()
+
+
+def log_history(history: dict[str, list[float]]) -> None:
+    """Log a whole per-epoch history to the active run, one step per epoch."""
+    for epoch in range(len(history["loss"])):
+        mlflow.log_metrics({k: v[epoch] for k, v in history.items()}, step=epoch)
 
 
 def write_run_info(path: Path, run: Any) -> None:

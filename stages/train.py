@@ -15,9 +15,11 @@ from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config
 from sarcoma_seg.model import (
     MODEL_FILE,
     MONITORS,
+    average_members,
     build_unet,
     check_train_params,
     compile_unet,
+    mean_history,
     save_unet,
     seed_everything,
     validation_dice,
@@ -30,11 +32,18 @@ from sarcoma_seg.transforms import Preprocessing, build_augmentation
 SYSTEM_METRICS_SECONDS = 5  # CPU, memory (and GPU where present) every 5 s: minutes-long runs
 
 
-def train(
-    train_set: SliceSet, val_set: SliceSet, params: dict[str, Any], pre: Preprocessing, out: Path
+def fit_member(
+    train_set: SliceSet,
+    val_set: SliceSet,
+    params: dict[str, Any],
+    pre: Preprocessing,
+    out: Path,
+    seed: int,
+    log_prefix: str = "",
 ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
-    """Fit with augmentation, LR schedule, early stopping; return the best model and history."""
-    tp, seed = params["train"], params["base"]["seed"]
+    """Fit one U-Net from `seed` with augmentation, LR schedule and (if a monitor picks) early
+    stopping; return it with its history."""
+    tp = params["train"]
     seed_everything(seed)
     model = build_unet(tp["backbone"], tp["encoder_weights"], pre.input_channels, tp["bn_momentum"])
     augment = build_augmentation(tp["augment"], pre.image_size, seed, pre.pet_window is not None)
@@ -69,7 +78,7 @@ def train(
                 patience=tp["lr_patience"],
             )
         )
-    callbacks.append(tracking.epoch_logger())
+    callbacks.append(tracking.epoch_logger(log_prefix))
     fit = model.fit(
         batches,
         validation_data=batch_sequence(val_set, tp["batch_size"]) if validate else None,
@@ -82,6 +91,23 @@ def train(
         model.load_weights(str(weights))
         weights.unlink()
     return model, {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+
+
+def train(
+    train_set: SliceSet, val_set: SliceSet, params: dict[str, Any], pre: Preprocessing, out: Path
+) -> tuple[tf.keras.Model, dict[str, list[float]]]:
+    """Fit train.ensemble members (seeds base.seed, base.seed + 1, ...) and return the one model
+    that averages their probabilities, with the members' mean history (one member: itself)."""
+    members, seed = int(params["train"].get("ensemble", 1)), params["base"]["seed"]
+    if members == 1:
+        return fit_member(train_set, val_set, params, pre, out, seed)
+    fits = [
+        fit_member(train_set, val_set, params, pre, out, seed + i, f"member_{i}/")
+        for i in range(members)
+    ]
+    history = mean_history([h for _, h in fits])
+    tracking.log_history(history)  # the plain keys, as one model would log them
+    return average_members([m for m, _ in fits], pre.input_channels), history
 
 
 def chosen_epoch(history: dict[str, list[float]], monitor: str) -> int:

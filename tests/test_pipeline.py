@@ -165,6 +165,29 @@ def test_val_zero_trains_on_every_non_test_patient_and_a_monitor_needs_validatio
     run(["dvc", "repro"], repo)
 
 
+def test_ensemble_trains_each_member_and_saves_their_mean_as_one_model(repo: Path) -> None:
+    set_params(repo, ensemble=2)
+    assert ran(run(["dvc", "repro"], repo)) == ["train", "evaluate"]
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    latest = mlflow.search_runs(experiment_names=["sarcoma-seg"], output_format="list")[0]
+    client = mlflow.MlflowClient()
+    members = [
+        [m.value for m in client.get_metric_history(latest.info.run_id, f"member_{i}/loss")]
+        for i in (0, 1)
+    ]
+    assert len(members[0]) == len(members[1]) == 2 and members[0] != members[1]
+    mean = [m.value for m in client.get_metric_history(latest.info.run_id, "loss")]
+    assert np.allclose(mean, np.mean(members, axis=0))  # the plain keys hold the members' mean
+    history = (repo / "plots" / "history.csv").read_text().splitlines()[1:]
+    assert np.allclose([float(row.split(",")[1]) for row in history], mean, atol=1e-6)
+    model = mlflow.pyfunc.load_model(f"runs:/{latest.info.run_id}/model")
+    hu = np.full((2, 48, 48), 40.0, dtype=np.float32)
+    assert model.predict({"ct": hu, "pet": np.zeros_like(hu)}).shape == (2, 48, 48)
+    assert json.loads((repo / "metrics" / "evaluate.json").read_text())["test"]["patients"] == 1
+    set_params(repo)
+    run(["dvc", "repro"], repo)
+
+
 def test_dvc_exp_run_and_show_list_params_and_metrics(repo: Path) -> None:
     run(["dvc", "exp", "run", "-S", "train.epochs=1", "-n", "one-epoch"], repo)
     shown = run(["dvc", "exp", "show", "--json"], repo)

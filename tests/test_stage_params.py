@@ -47,6 +47,8 @@ def produced(project: Path) -> list[str]:
         ("train", "registered_model", "a/b", r"train\.registered_model='a/b'"),
         ("train", "registered_model", "", r"train\.registered_model=''"),
         ("train", "lr_schedule", "step", r"train\.lr_schedule='step'.*cosine"),
+        ("train", "ensemble", 0, r"train\.ensemble=0.*integer >= 1"),
+        ("train", "ensemble", 1.5, r"train\.ensemble=1\.5.*integer >= 1"),
     ],
 )
 def test_train_refuses_bad_params_before_writing(
@@ -63,6 +65,15 @@ def test_plateau_schedule_without_a_monitor_is_refused(project: Path) -> None:
     params["train"].update(monitor="last", lr_schedule="plateau")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(SarcomaSegError, match=r"train\.lr_schedule=plateau.*train\.monitor=last"):
+        train.main()
+    assert produced(project) == []
+
+
+def test_ensemble_with_a_picking_monitor_is_refused(project: Path) -> None:
+    params = tiny_params()
+    params["train"].update(ensemble=2, monitor="val_dice", lr_schedule="cosine")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SarcomaSegError, match=r"train\.ensemble=2.*train\.monitor=val_dice"):
         train.main()
     assert produced(project) == []
 

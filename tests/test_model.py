@@ -1,0 +1,39 @@
+"""The U-Net builders: an ensemble is one model that averages its members."""
+
+from pathlib import Path
+
+import numpy as np
+
+from sarcoma_seg.model import (
+    average_members,
+    build_unet,
+    load_unet,
+    mean_history,
+    save_unet,
+    seed_everything,
+)
+
+
+def test_ensemble_averages_members_and_survives_hdf5(tmp_path: Path) -> None:
+    members = []
+    for seed in (0, 1):
+        seed_everything(seed)
+        members.append(build_unet("resnet18", None, 4))
+    images = np.random.default_rng(0).random((2, 32, 32, 4), dtype=np.float32)
+    each = [m(images, training=False).numpy() for m in members]
+    assert not np.allclose(each[0], each[1])  # different seeds, different members
+    ensemble = average_members(members, 4)
+    assert np.allclose(ensemble(images, training=False).numpy(), (each[0] + each[1]) / 2)
+    save_unet(ensemble, tmp_path / "model.h5")
+    loaded = load_unet(tmp_path / "model.h5")
+    assert np.allclose(loaded(images, training=False).numpy(), (each[0] + each[1]) / 2)
+
+
+def test_one_member_is_the_model_itself() -> None:
+    model = build_unet("resnet18", None, 3)
+    assert average_members([model], 3) is model
+
+
+def test_mean_history_averages_epoch_by_epoch() -> None:
+    history = mean_history([{"loss": [1.0, 0.5]}, {"loss": [0.8, 0.3]}])
+    assert np.allclose(history["loss"], [0.9, 0.4])
