@@ -4,10 +4,11 @@ NIfTI, inference, writing mask, overlay and summary), at the default params' ima
     python benchmarks/predict_speed.py [--slices 175] [--size 512] [--model data/model]
         [--pet-size 128 | --no-pet]
 
-Without --model it builds an untrained U-Net with the default params (weights do not change
-the time). The PET covers the CT's field of view on its own, coarser grid (--pet-size 128:
-3.9 mm voxels, as PET scanners reconstruct; the IBSI PETs have 3.9-4.7 mm) and is resampled
-onto the CT as in training; --pet-size equal to --size gives a PET already on the CT grid.
+Without --model it builds an untrained U-Net with the default params, train.ensemble members
+averaged as train saves them (weights do not change the time). The PET covers the CT's field of
+view on its own, coarser grid (--pet-size 128: 3.9 mm voxels, as PET scanners reconstruct; the
+IBSI PETs have 3.9-4.7 mm) and is resampled onto the CT as in training; --pet-size equal to
+--size gives a PET already on the CT grid.
 Prints the wall time of each of --repeat runs and the throughput in slices/s."""
 
 import argparse
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentation-models)
 from sarcoma_seg.inference import check_inference, save_config  # noqa: E402
-from sarcoma_seg.model import MODEL_FILE, build_unet, save_unet  # noqa: E402
+from sarcoma_seg.model import MODEL_FILE, average_members, build_unet, save_unet  # noqa: E402
 from sarcoma_seg.params import load_params  # noqa: E402
 from sarcoma_seg.predict import predict_scan  # noqa: E402
 from sarcoma_seg.scans import read_scan  # noqa: E402
@@ -40,8 +41,11 @@ def default_model(folder: Path, pet: bool = True) -> Path:
     if not pet:
         pre = replace(pre, pet_window=None)  # a CT-only model, as trained on a source without PET
     tp = params["train"]
-    model = build_unet(tp["backbone"], None, pre.input_channels, tp["bn_momentum"])
-    save_unet(model, folder / MODEL_FILE)
+    members = [
+        build_unet(tp["backbone"], None, pre.input_channels, tp["bn_momentum"])
+        for _ in range(tp.get("ensemble", 1))
+    ]
+    save_unet(average_members(members, pre.input_channels), folder / MODEL_FILE)
     save_config(folder / "preprocessing.json", pre, check_inference(params["inference"]))
     return folder
 
