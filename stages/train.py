@@ -99,14 +99,14 @@ def train(
     """Fit train.ensemble members (seeds base.seed, base.seed + 1, ...) and return the one model
     that averages their probabilities, with the members' mean history (one member: itself)."""
     members, seed = int(params["train"].get("ensemble", 1)), params["base"]["seed"]
-    if members == 1:
-        return fit_member(train_set, val_set, params, pre, out, seed)
+    prefix = "member_{}/" if members > 1 else ""  # one model logs the plain keys as it trains
     fits = [
-        fit_member(train_set, val_set, params, pre, out, seed + i, f"member_{i}/")
+        fit_member(train_set, val_set, params, pre, out, seed + i, prefix.format(i))
         for i in range(members)
     ]
     history = mean_history([h for _, h in fits])
-    tracking.log_history(history)  # the plain keys, as one model would log them
+    if members > 1:
+        tracking.log_history(history)  # the plain keys, as one model would log them
     return average_members([m for m, _ in fits], pre.input_channels), history
 
 
