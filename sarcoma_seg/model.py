@@ -36,7 +36,7 @@ LR_SCHEDULES = ("plateau", "cosine", "constant")
 COSINE_FLOOR = 0.01  # the cosine schedule ends at 1% of train.learning_rate, not at 0
 
 
-def validation_dice(images: np.ndarray, masks: np.ndarray, batch_size: int = 8) -> Any:
+def validation_dice(images: np.ndarray, masks: np.ndarray) -> Any:
     """A callback that adds val_dice to each epoch's logs: Dice pooled over every validation
     pixel at threshold 0.5. Unlike the per-batch val_loss, batches of empty slices cannot swamp
     it, so it tracks the held-out Dice that evaluate reports."""
@@ -47,7 +47,7 @@ def validation_dice(images: np.ndarray, masks: np.ndarray, batch_size: int = 8) 
 
     class ValidationDice(tf.keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            probs = volume_probabilities(self.model, images, False, batch_size)
+            probs = volume_probabilities(self.model, images, False)
             if logs is not None:
                 logs["val_dice"] = float(dice(probs >= 0.5, truth))
 

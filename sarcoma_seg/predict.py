@@ -84,7 +84,7 @@ def check_compatible(scan: Scan, pre: Preprocessing) -> None:
 
 
 def predict_scan(
-    model_uri: str, scan: Scan, out: Path, batch_size: int = 8, progress: bool = True
+    model_uri: str, scan: Scan, out: Path, batch_size: int | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Segment one scan and write mask, overlay and summary into out (all or nothing)."""
     from tqdm import tqdm
@@ -136,7 +136,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output folder (default predictions/<input>)")
     parser.add_argument("--patient", help="patient id inside an HDF5 input")
     parser.add_argument("--pet", type=Path, help="PET NIfTI for models that read PET")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size", type=int, help="slices per model call (default: by image size, 32 at 96 px)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     try:
-        if args.batch_size < 1:
+        if args.batch_size is not None and args.batch_size < 1:
             raise SarcomaSegError(f"--batch-size={args.batch_size} must be at least 1")
         scan = read_scan(args.input, args.patient, args.pet)
         out = args.out or Path("predictions") / scan_stem(args.input, args.patient)

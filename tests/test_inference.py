@@ -21,12 +21,10 @@ PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=1)
 class LeftHalfModel:
     """Stands in for the U-Net: 'tumour' probability 0.8 in the left half of every image."""
 
-    def __call__(self, images, training: bool):
-        import tensorflow as tf
-
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
         probs = np.zeros(images.shape[:3] + (1,), np.float32)
         probs[:, :, : images.shape[2] // 2] = 0.8
-        return tf.constant(probs)
+        return probs
 
 
 def test_largest_component_keeps_the_biggest_3d_lesion() -> None:
@@ -68,13 +66,13 @@ class SliceProbabilityModel:
     def __init__(self, per_slice: list[float]) -> None:
         self.per_slice, self.seen = per_slice, 0
 
-    def __call__(self, images, training: bool):
-        import tensorflow as tf
-
-        n = len(images)
-        values = np.array(self.per_slice[self.seen : self.seen + n], np.float32)
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        n = len(images)  # the last batch arrives padded: the padding slices get 0
+        values = np.zeros(n, np.float32)
+        given = self.per_slice[self.seen : self.seen + n]
+        values[: len(given)] = given
         self.seen += n
-        return tf.constant(np.broadcast_to(values[:, None, None, None], (n, *images.shape[1:3], 1)))
+        return np.broadcast_to(values[:, None, None, None], (n, *images.shape[1:3], 1))
 
 
 def test_z_sigma_fills_a_dropped_slice_and_removes_a_lone_one() -> None:
@@ -137,3 +135,23 @@ def test_config_round_trip(tmp_path: Path) -> None:
 def test_bad_inference_params_name_the_param(inference: dict, param: str) -> None:
     with pytest.raises(SarcomaSegError, match=param.replace(".", r"\.")):
         check_inference(inference)
+
+
+def test_compiled_batches_match_the_eager_model() -> None:
+    import tensorflow as tf
+
+    from sarcoma_seg.inference import inference_batch_size, volume_probabilities
+
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((16, 16, 2))
+    model = tf.keras.Model(
+        inputs, tf.keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inputs)
+    )
+    images = np.random.default_rng(1).random((11, 16, 16, 2)).astype(np.float32)
+    eager = model(images, training=False).numpy()[..., 0]
+    for batch_size in (4, 11, None):  # 4: the last batch of 3 is padded to 4
+        assert np.allclose(volume_probabilities(model, images, False, batch_size), eager, atol=1e-6)
+    flipped = volume_probabilities(model, images, True, 4)
+    mirror = model(images[:, :, ::-1], training=False).numpy()[:, :, ::-1, 0]
+    assert np.allclose(flipped, (eager + mirror) / 2, atol=1e-6)
+    assert [inference_batch_size(s) for s in (96, 128, 512)] == [32, 18, 1]
