@@ -314,8 +314,8 @@ def _linear_along(src: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
     # ~10x faster than gathering the neighbours (a 128 px PET onto a 512 px CT: 0.2 s, not 2.3 s)
     rows = np.arange(len(coords))
     matrix = np.zeros((len(coords), n), src.dtype)
-    np.add.at(matrix, (rows, low), 1 - weight)
-    np.add.at(matrix, (rows, high), weight)
+    matrix[rows, low] = 1 - weight
+    matrix[rows, high] += weight  # high == low at a 1-voxel axis: the two weights add up to 1
     return np.moveaxis(np.tensordot(matrix, src, axes=(1, axis)), 0, axis)
 
 
