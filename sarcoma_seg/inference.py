@@ -57,6 +57,8 @@ def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
     for key in ("hu_window", "pet_window"):
         if config.get(key) is not None:
             config[key] = tuple(config[key])
+    if config.get("hu_windows") is not None:
+        config["hu_windows"] = tuple(tuple(w) for w in config["hu_windows"])
     return Preprocessing(**config), inference
 
 

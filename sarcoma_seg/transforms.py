@@ -16,8 +16,9 @@ from sarcoma_seg.params import check_image_size, check_positive_int
 @dataclass(frozen=True)
 class Preprocessing:
     """HU window -> [0, 1], resize to a square, then channels: the slice repeated as many times as
-    the encoder expects, or (2.5D, context > 0) the slice with `context` neighbours each side;
-    with a PET window, the PET slice on the CT grid follows as one more channel."""
+    the encoder expects (or seen through one HU window per channel), or (2.5D, context > 0) the
+    slice with `context` neighbours each side; with a PET window, the PET slice on the CT grid
+    follows as one more channel."""
 
     hu_window: tuple[float, float]
     image_size: int
@@ -25,6 +26,7 @@ class Preprocessing:
     context: int = 0  # neighbouring slices on each side; channels == 2 * context + 1 when > 0
     pet_window: tuple[float, float] | None = None  # SUV window of the PET channel; None: CT only
     units: str = "HU"  # what the CT intensities are: HU, or png8 for 8-bit exported slices
+    hu_windows: tuple[tuple[float, float], ...] | None = None  # one per CT channel; None: repeat
 
     @property
     def input_channels(self) -> int:
@@ -37,6 +39,10 @@ class Preprocessing:
         windowed = np.clip((hu_slice.astype(np.float32) - low) / (high - low), 0.0, 1.0)
         size = (self.image_size, self.image_size)
         return cv2.resize(windowed, size, interpolation=cv2.INTER_AREA)
+
+    def ct_planes(self, ct: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+        """A CT volume through one window -> float32 (slices, size, size)."""
+        return np.stack([self.plane(s, window) for s in ct])
 
     def image(self, hu_slice: np.ndarray, pet_slice: np.ndarray | None = None) -> np.ndarray:
         """One axial HU slice -> float32 (size, size, input channels); a lone slice is its own
@@ -59,7 +65,12 @@ class Preprocessing:
         """A CT volume (slices, rows, cols), and PET on its grid if the model reads PET ->
         (slices, size, size, input channels)."""
         planes = np.stack([self.plane(s) for s in ct])
-        if not self.context:
+        if self.hu_windows:
+            stacked = np.stack(
+                [planes if w == self.hu_window else self.ct_planes(ct, w) for w in self.hu_windows],
+                axis=-1,
+            )
+        elif not self.context:
             stacked = np.repeat(planes[..., None], self.channels, axis=-1)
         else:
             offsets = np.arange(-self.context, self.context + 1)
@@ -111,7 +122,27 @@ def preprocessing_from_params(
     if pet is not None:
         pet = check_window("preprocess.pet_window", pet)
     window = check_window(f"preprocess.{name}", window)
-    return Preprocessing(window, size, channels, context, pet, units)
+    windows = check_hu_windows(pre.get("hu_windows"), channels, context, units)
+    return Preprocessing(window, size, channels, context, pet, units, windows)
+
+
+def check_hu_windows(
+    windows: Any, channels: int, context: int, units: str
+) -> tuple[tuple[float, float], ...] | None:
+    """preprocess.hu_windows: null, or one HU [low, high] per CT channel of a one-slice input."""
+    if windows is None:
+        return None
+    name = "preprocess.hu_windows"
+    if units != "HU":
+        raise SarcomaSegError(f"{name} needs CT in HU; this source gives {units} intensities")
+    if context:
+        raise SarcomaSegError(f"{name} and preprocess.context_slices > 0 both claim the channels")
+    if not isinstance(windows, list | tuple) or len(windows) != channels:
+        raise SarcomaSegError(
+            f"{name}={windows!r} is not allowed; give one [low, high] per channel "
+            f"(preprocess.channels={channels})"
+        )
+    return tuple(check_window(f"{name}[{i}]", w) for i, w in enumerate(windows))
 
 
 def check_window(name: str, window: Any) -> tuple[float, float]:
@@ -164,7 +195,31 @@ class PetUptake(A.ImageOnlyTransform):
         return out
 
 
-PET_AUGMENTATIONS = ("pet_uptake",)  # act on the PET channel: skipped for CT-only models
+class PetBlur(A.ImageOnlyTransform):
+    """Blur the PET channel (the last) with a Gaussian of random sigma, in model pixels: PET's
+    resolution (4-5 mm voxels, a wider point spread) varies by scanner and reconstruction, and
+    its hot spot spreads past the tumour's CT outline. A model shown blurred PET learns to take
+    the outline from the CT and the location from the PET."""
+
+    def __init__(self, sigma: tuple[float, float], p: float = 0.5) -> None:
+        super().__init__(p=p)
+        if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+            raise ValueError("sigma needs 0 < low <= high (model pixels)")
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def get_params(self) -> dict[str, float]:
+        """The sigma of this call, uniform in the range."""
+        return {"sigma": self.py_random.uniform(*self.sigma)}
+
+    def apply(self, img: np.ndarray, sigma: float = 1.0, **params: Any) -> np.ndarray:
+        """The image with its last channel blurred (edges reflected, so the mean is kept)."""
+        out = img.copy()
+        pet = np.ascontiguousarray(out[..., -1])
+        out[..., -1] = cv2.GaussianBlur(pet, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+        return out
+
+
+PET_AUGMENTATIONS = ("pet_uptake", "pet_blur")  # act on the PET channel: skipped for CT-only models
 
 
 def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], A.BasicTransform]]:
@@ -188,6 +243,7 @@ def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], A.BasicTra
         "gauss_noise": lambda c: A.GaussNoise(std_range=tuple(c["std_range"]), p=c["p"]),
         "random_crop": _crop(size),
         "pet_uptake": lambda c: PetUptake(tuple(c["scale"]), c.get("drop", 0.0), p=c["p"]),
+        "pet_blur": lambda c: PetBlur(tuple(c["sigma"]), p=c["p"]),
     }
 
 

@@ -176,3 +176,64 @@ def test_pet_uptake_with_bad_settings_names_the_param(bad: dict) -> None:
     cfg = {"pet_uptake": {"enabled": True, "p": 1.0, "scale": [0.3, 1.0], **bad}}
     with pytest.raises(SarcomaSegError, match=r"train\.augment\.pet_uptake"):
         build_augmentation(cfg, 16, seed=0, pet=True)
+
+
+def test_hu_windows_give_each_ct_channel_its_own_window() -> None:
+    windows = [[-160, 240], [-20, 100], [-1000, 1000]]
+    pre = preprocessing_from_params(
+        {"image_size": 32}, {"hu_window": [-160, 240], "channels": 3, "hu_windows": windows}
+    )
+    ct = np.full((2, 64, 64), 40.0)
+    ct[:, :32] = -500.0  # top half: fat-to-air, below every window but the wide one
+    out = pre.volume(ct)
+    assert out.shape == (2, 32, 32, 3)
+    assert np.allclose(out[0, 20, 0], [0.5, 0.5, 0.52])  # 40 HU through each window
+    assert np.allclose(out[0, 0, 0], [0.0, 0.0, 0.25])  # -500 HU
+
+
+def test_hu_windows_survive_the_saved_config(tmp_path) -> None:
+    from sarcoma_seg.inference import load_config, save_config
+
+    pre = Preprocessing((-160.0, 240.0), 32, 3, hu_windows=((-160.0, 240.0), (0.0, 100.0)))
+    save_config(tmp_path / "preprocessing.json", pre)
+    assert load_config(tmp_path / "preprocessing.json")[0] == pre
+
+
+@pytest.mark.parametrize(
+    ("pre", "units", "message"),
+    [
+        ({"hu_windows": [[-160, 240]]}, "HU", r"hu_windows=.*one \[low, high\] per channel"),
+        ({"hu_windows": [[0, 1], [2, 1], [0, 5]]}, "HU", r"hu_windows\[1\]=\[2, 1\]"),
+        ({"hu_windows": "wide"}, "HU", r"hu_windows='wide'"),
+        ({"hu_windows": [[0, 1]] * 3}, "png8", r"hu_windows needs CT in HU.*png8"),
+        ({"hu_windows": [[0, 1]] * 3, "context_slices": 1}, "HU", r"context_slices"),
+    ],
+)
+def test_bad_hu_windows_name_the_param(pre: dict, units: str, message: str) -> None:
+    section = {"hu_window": [-160, 240], "png8_window": [0, 255], "channels": 3, **pre}
+    with pytest.raises(SarcomaSegError, match=r"preprocess\." + message):
+        preprocessing_from_params({"image_size": 32}, section, units)
+
+
+def test_pet_blur_blurs_only_the_pet_channel_with_a_gaussian() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    cfg = {"pet_blur": {"enabled": True, "p": 1.0, "sigma": [2.0, 2.0]}}
+    image = np.full((16, 16, 4), 0.3, np.float32)
+    image[..., 3] = 0.0
+    image[8, 8, 3] = 1.0  # one hot PET pixel
+    mask = np.zeros((16, 16), np.uint8)
+    out = build_augmentation(cfg, 16, seed=0, pet=True)(image=image, mask=mask)["image"]
+    assert np.array_equal(out[..., :3], image[..., :3])  # CT untouched
+    assert np.allclose(out[..., 3], gaussian_filter(image[..., 3], 2.0, mode="reflect"), atol=1e-6)
+    assert np.isclose(out[..., 3].sum(), 1.0)  # the uptake is spread, not lost
+    ct_only = image[..., :3]
+    out = build_augmentation(cfg, 16, seed=0, pet=False)(image=ct_only, mask=mask)["image"]
+    assert np.array_equal(out, ct_only)  # no PET channel: the last CT channel is not blurred
+
+
+@pytest.mark.parametrize("bad", [{"sigma": [3.0, 1.0]}, {"sigma": [0.0, 1.0]}, {"sigma": 2}])
+def test_pet_blur_with_bad_settings_names_the_param(bad: dict) -> None:
+    cfg = {"pet_blur": {"enabled": True, "p": 1.0, "sigma": [1.0, 3.0], **bad}}
+    with pytest.raises(SarcomaSegError, match=r"train\.augment\.pet_blur"):
+        build_augmentation(cfg, 16, seed=0, pet=True)
