@@ -36,10 +36,10 @@ LR_SCHEDULES = ("plateau", "cosine", "constant")
 COSINE_FLOOR = 0.01  # the cosine schedule ends at 1% of train.learning_rate, not at 0
 
 
-def validation_dice(images: np.ndarray, masks: np.ndarray) -> Any:
+def validation_dice(images: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> Any:
     """A callback that adds val_dice to each epoch's logs: Dice pooled over every validation
-    pixel at threshold 0.5. Unlike the per-batch val_loss, batches of empty slices cannot swamp
-    it, so it tracks the held-out Dice that evaluate reports."""
+    pixel at the model's inference threshold. Unlike the per-batch val_loss, batches of empty
+    slices cannot swamp it, so it tracks the held-out Dice that evaluate reports."""
     from sarcoma_seg.inference import volume_probabilities
     from sarcoma_seg.metrics import dice
 
@@ -49,7 +49,7 @@ def validation_dice(images: np.ndarray, masks: np.ndarray) -> Any:
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             probs = volume_probabilities(self.model, images, False)
             if logs is not None:
-                logs["val_dice"] = float(dice(probs >= 0.5, truth))
+                logs["val_dice"] = float(dice(probs >= threshold, truth))
 
     return ValidationDice()
 

@@ -11,6 +11,7 @@ from sarcoma_seg.model import (
     mean_history,
     save_unet,
     seed_everything,
+    validation_dice,
 )
 
 
@@ -37,3 +38,18 @@ def test_one_member_is_the_model_itself() -> None:
 def test_mean_history_averages_epoch_by_epoch() -> None:
     history = mean_history([{"loss": [1.0, 0.5]}, {"loss": [0.8, 0.3]}])
     assert np.allclose(history["loss"], [0.9, 0.4])
+
+
+def test_validation_dice_scores_at_the_inference_threshold() -> None:
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((8, 8, 1))
+    model = tf.keras.Model(inputs, tf.keras.layers.Lambda(lambda x: x * 0.0 + 0.3)(inputs))
+    images = np.zeros((2, 8, 8, 1), np.float32)
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[:, :4] = 1  # half of every slice is tumour; the model says 0.3 everywhere
+    for threshold, expected in [(0.2, 2 * 64 / (64 + 128)), (0.5, 0.0)]:
+        callback, logs = validation_dice(images, masks, threshold), {}
+        callback.set_model(model)
+        callback.on_epoch_end(0, logs)
+        assert np.isclose(logs["val_dice"], expected, atol=1e-6)
