@@ -40,9 +40,9 @@ class Preprocessing:
         size = (self.image_size, self.image_size)
         return cv2.resize(windowed, size, interpolation=cv2.INTER_AREA)
 
-    def ct_planes(self, ct: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-        """A CT volume through one window -> float32 (slices, size, size)."""
-        return np.stack([self.plane(s, window) for s in ct])
+    def planes(self, volume: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+        """A volume (slices, rows, cols) through one window -> float32 (slices, size, size)."""
+        return np.stack([self.plane(s, window) for s in volume])
 
     def image(self, hu_slice: np.ndarray, pet_slice: np.ndarray | None = None) -> np.ndarray:
         """One axial HU slice -> float32 (size, size, input channels); a lone slice is its own
@@ -64,29 +64,24 @@ class Preprocessing:
     def volume(self, ct: np.ndarray, pet: np.ndarray | None = None) -> np.ndarray:
         """A CT volume (slices, rows, cols), and PET on its grid if the model reads PET ->
         (slices, size, size, input channels)."""
-        planes = np.stack([self.plane(s) for s in ct])
-        if self.hu_windows:
-            stacked = np.stack(
-                [planes if w == self.hu_window else self.ct_planes(ct, w) for w in self.hu_windows],
-                axis=-1,
-            )
-        elif not self.context:
-            stacked = np.repeat(planes[..., None], self.channels, axis=-1)
-        else:
-            offsets = np.arange(-self.context, self.context + 1)
-            # edge slices repeat themselves where a neighbour is missing
-            neighbours = np.clip(np.arange(len(ct))[:, None] + offsets[None, :], 0, len(ct) - 1)
-            stacked = planes[neighbours].transpose(0, 2, 3, 1)
-        if self.pet_window is None:
-            return stacked
-        if pet is None or pet.shape != ct.shape:
+        if self.pet_window is not None and (pet is None or pet.shape != ct.shape):
             found = "none" if pet is None else f"shape {pet.shape}"
             raise SarcomaSegError(
                 f"this model reads PET as well as CT: give PET on the CT grid {ct.shape} "
                 f"(got {found})"
             )
-        pet_planes = np.stack([self.plane(s, self.pet_window) for s in pet])
-        return np.concatenate([stacked, pet_planes[..., None]], axis=-1)
+        if self.hu_windows:
+            stacked = np.stack([self.planes(ct, w) for w in self.hu_windows], axis=-1)
+        elif not self.context:
+            stacked = np.repeat(self.planes(ct, self.hu_window)[..., None], self.channels, axis=-1)
+        else:
+            offsets = np.arange(-self.context, self.context + 1)
+            # edge slices repeat themselves where a neighbour is missing
+            neighbours = np.clip(np.arange(len(ct))[:, None] + offsets[None, :], 0, len(ct) - 1)
+            stacked = self.planes(ct, self.hu_window)[neighbours].transpose(0, 2, 3, 1)
+        if self.pet_window is None:
+            return stacked
+        return np.concatenate([stacked, self.planes(pet, self.pet_window)[..., None]], axis=-1)
 
     def volume_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask volume (slices, rows, cols) -> (slices, size, size)."""

@@ -54,7 +54,7 @@ def fit_member(
     validate = len(val_set.images) > 0  # split.val: 0 trains on every non-test patient
     callbacks = []
     if validate:  # fills the logs' val_dice
-        threshold = check_inference(params["inference"])["threshold"]  # as evaluate scores
+        threshold = float(params["inference"]["threshold"])  # checked in main; as evaluate scores
         callbacks.append(validation_dice(val_set.images, val_set.masks, threshold))
     if monitor != "last":  # "last": the final weights, no selection on validation at all
         mode = MONITORS[monitor]
