@@ -29,7 +29,16 @@ from PIL import Image
 from scipy import ndimage
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.volumes import Volume, check_volume
+from sarcoma_seg.volumes import (
+    MAX_PNG_PIXELS,
+    MAX_SLICES,
+    MAX_VOXELS,
+    MIN_PET_COVERAGE,
+    PET_COVERAGE_WARN,
+    Volume,
+    check_label_count,
+    check_volume,
+)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IBSI_CT, IBSI_MASK, IBSI_PET = "CT_image", "CT_mask", "PET_image"  # PET_mask is not used
@@ -45,7 +54,9 @@ PNG_NAME = re.compile(r"(?P<patient>.+)_(?P<index>\d+)_\.png")  # <PATIENT>_<SLI
 # The source file (lab_petct_vox_5.00mm.h5) has 5 mm isotropic voxels; the PNGs were resized to
 # 256x256 from an unknown in-plane size, so the in-plane 5 mm is approximate.
 SLICE_SPACING_MM = (5.0, 5.0, 5.0)
-PNG_ERRORS = (OSError, SyntaxError, ValueError, zlib.error)  # PIL raises SyntaxError on bad chunks
+# PIL raises SyntaxError on bad chunks, DecompressionBombError on sizes our header check missed
+PNG_ERRORS = (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_MODES = ("L",)  # 8-bit grayscale only: anything else is not the png8 the units promise
 MASK_MODES = ("L", "1", "I;16", "I")
 
@@ -218,10 +229,35 @@ def nifti_inputs(folder: Path) -> list[Path]:
     return sorted(paths)
 
 
+def check_nifti_header(image: nib.Nifti1Image, where: str) -> None:
+    """Refuse, from the header alone, a NIfTI whose data would be empty or too large to
+    allocate, or whose affine cannot place voxels in space."""
+    shape = tuple(int(n) for n in image.shape)
+    if 0 in shape:
+        raise SarcomaSegError(f"{where}: an axis of length 0, shape {shape}")
+    voxels = int(np.prod(shape, dtype=object))  # Python ints: a hostile header cannot overflow
+    if voxels > MAX_VOXELS:
+        raise SarcomaSegError(
+            f"{where}: header claims shape {shape}, {voxels} voxels, more than the "
+            f"{MAX_VOXELS} a volume may have; refusing it before reading"
+        )
+    affine = np.asarray(image.affine, dtype=float)
+    if not np.isfinite(affine).all():
+        raise SarcomaSegError(f"{where}: affine holds NaN or infinite values")
+    # a voxel must have a volume: a zero or singular affine cannot place voxels in space (nibabel
+    # fails on it with an OrientationError); 1e-6 mm3 is far below any scanner's voxel
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise SarcomaSegError(
+            f"{where}: affine is singular (voxel axes {np.round(affine[:3, :3], 4).tolist()} "
+            "span no volume); cannot place the voxels in space"
+        )
+
+
 def _load_canonical(path: Path, patient_id: str, labels: bool) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of a 3D NIfTI file reoriented to RAS+; float32, or raw dtype for labels."""
     try:
         image = nib.load(path, mmap=False)  # data are copied anyway; no map keeps the file open
+        check_nifti_header(image, _where(path, patient_id))  # before any data are read
         if len(image.shape) == 4 and image.shape[3] == 1:
             image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
         if len(image.shape) != 3:
@@ -287,6 +323,7 @@ def _check_labels(raw: np.ndarray, where: str) -> None:
         raise SarcomaSegError(f"{where}: mask values are not integer labels")
     if raw.size and raw.min() < 0:
         raise SarcomaSegError(f"{where}: mask holds negative values, not labels")
+    check_label_count(raw, where)
 
 
 def _inside_extent(to_src: np.ndarray, out_shape: tuple, src_shape: tuple) -> np.ndarray:
@@ -350,20 +387,30 @@ def _resample_onto(src: np.ndarray, src_affine: np.ndarray, out_shape: tuple, ou
         )
     inside = _inside_extent(to_src, out_shape, src.shape)
     values[~inside] = 0.0
-    return values, bool(inside.any())
+    return values, float(inside.mean())
+
+
+def pet_coverage(path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray):
+    """(PET resampled onto the canonical CT grid, share of CT voxels the PET covers)."""
+    pet, pet_affine = _load_canonical(path, patient_id, labels=False)
+    if not np.isfinite(pet).all():
+        raise SarcomaSegError(f"{_where(path, patient_id)}: PET holds NaN or infinite voxels")
+    pet, covered = _resample_onto(pet, pet_affine, ct_shape, ct_affine)
+    if covered == 0:
+        raise SarcomaSegError(f"{_where(path, patient_id)}: PET does not overlap the CT grid")
+    if covered < MIN_PET_COVERAGE:
+        raise SarcomaSegError(
+            f"{_where(path, patient_id)}: PET covers only {covered:.2%} of the CT grid, less "
+            f"than the {MIN_PET_COVERAGE:.0%} required"
+        )
+    return pet, covered
 
 
 def read_pet_onto(
     path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray
 ) -> np.ndarray:
-    """A PET image resampled onto the (canonical) CT grid."""
-    pet, pet_affine = _load_canonical(path, patient_id, labels=False)
-    if not np.isfinite(pet).all():
-        raise SarcomaSegError(f"{_where(path, patient_id)}: PET holds NaN or infinite voxels")
-    pet, overlaps = _resample_onto(pet, pet_affine, ct_shape, ct_affine)
-    if not overlaps:
-        raise SarcomaSegError(f"{_where(path, patient_id)}: PET does not overlap the CT grid")
-    return pet
+    """A PET image resampled onto the (canonical) CT grid, refused if it covers too little."""
+    return pet_coverage(path, patient_id, ct_shape, ct_affine)[0]
 
 
 def _read_case(folder: Path, case: NiftiCase) -> Volume:
@@ -373,7 +420,7 @@ def _read_case(folder: Path, case: NiftiCase) -> Volume:
     raw, mask_affine = _load_canonical(case.mask, pid, labels=True)
     _check_same_grid((ct, ct_affine), (raw, mask_affine), _where(case.mask, pid))
     _check_labels(raw, _where(case.mask, pid))
-    pet = read_pet_onto(case.pet, pid, ct.shape, ct_affine) if case.pet else None
+    pet, covered = pet_coverage(case.pet, pid, ct.shape, ct_affine) if case.pet else (None, 1.0)
     raw = internal_axes(raw)
     provenance = f"{folder.resolve().name}/{case.ct.relative_to(folder).as_posix()}"
     volume = Volume(
@@ -384,6 +431,8 @@ def _read_case(folder: Path, case: NiftiCase) -> Volume:
         canonical_spacing(ct_affine),
         provenance,
     )
+    if covered < PET_COVERAGE_WARN:
+        volume.warnings.append(f"PET covers only {covered:.1%} of the CT grid")
     check_volume(volume, raw)
     volume.mask = volume.mask.astype(np.uint8)
     return volume
@@ -471,10 +520,30 @@ def slice_indices(folder: Path) -> dict[str, list[int]]:
     return dict(indices)
 
 
+def check_png_size(path: Path, patient_id: str) -> None:
+    """Refuse a PNG whose header (IHDR) declares more than MAX_PNG_PIXELS, before decoding."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(24)  # signature, IHDR length and type, width, height
+    except OSError as exc:
+        where = _where(path, patient_id)
+        raise SarcomaSegError(f"{where}: unreadable PNG ({exc.strerror})") from exc
+    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return  # not a PNG header: PIL (PNG only) refuses it below with its own reason
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if width * height > MAX_PNG_PIXELS:
+        raise SarcomaSegError(
+            f"{_where(path, patient_id)}: PNG header declares {width} x {height} pixels, more "
+            f"than the {MAX_PNG_PIXELS} a slice may have; refusing it before decoding"
+        )
+
+
 def read_png(path: Path, patient_id: str, modes: tuple[str, ...]) -> np.ndarray:
     """A grayscale PNG as a 2D array, refusing unreadable files and unexpected modes."""
+    check_png_size(path, patient_id)
     try:
-        with Image.open(path) as image:
+        # PNG only: PIL's other decoders (EPS runs Ghostscript) have no business here
+        with Image.open(path, formats=["PNG"]) as image:
             image.load()  # decode now, so that truncated data fails here
             mode, array = image.mode, np.asarray(image)
     except PNG_ERRORS as exc:
@@ -490,9 +559,19 @@ def read_png(path: Path, patient_id: str, modes: tuple[str, ...]) -> np.ndarray:
 
 def _stack_patient(folder: Path, patient_id: str, items: list[SliceFile]) -> Volume:
     """One patient's slices, stacked in slice-index order, as a validated Volume."""
+    if len(items) > MAX_SLICES:
+        raise SarcomaSegError(
+            f"{_where(items[0].image.parent, patient_id)}: {len(items)} slices, more than the "
+            f"{MAX_SLICES} a volume may have"
+        )
     images, labels = [], []
     for item in items:
         image = read_png(item.image, patient_id, IMAGE_MODES)
+        if len(items) * image.size > MAX_VOXELS:
+            raise SarcomaSegError(
+                f"{_where(item.image, patient_id)}: {len(items)} slices of {image.shape} make "
+                f"more than the {MAX_VOXELS} voxels a volume may have"
+            )
         label = read_png(item.mask, patient_id, MASK_MODES)
         if label.shape != image.shape:
             raise SarcomaSegError(

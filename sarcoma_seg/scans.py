@@ -17,6 +17,7 @@ from sarcoma_seg.readers import (
     IMAGE_MODES,
     NIFTI_ERRORS,
     canonical_spacing,
+    check_nifti_header,
     internal_axes,
     read_pet_onto,
     read_png,
@@ -82,6 +83,7 @@ def read_nifti_scan(path: Path, pet: Path | None = None) -> Scan:
         image = nib.load(path)
     except NIFTI_ERRORS as exc:
         raise SarcomaSegError(f"{path}: unreadable NIfTI file ({exc})") from exc
+    check_nifti_header(image, str(path))  # before any data are read
     if len(image.shape) == 4 and image.shape[3] == 1:
         image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
     if len(image.shape) != 3:

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +14,11 @@ from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.volumes import (
     STORE,
     Volume,
+    check_distinct_patients,
     find_kaggle_h5,
     read_kaggle_h5,
     resample,
+    suspect_warnings,
     write_store,
 )
 
@@ -144,9 +147,15 @@ def files_digest(entries: list[dict[str, Any]]) -> str:
 
 
 def build_manifest(
-    source: str, data_params: dict, seed: int, loaded: Loaded, spacing: tuple | None
+    source: str,
+    data_params: dict,
+    seed: int,
+    loaded: Loaded,
+    spacing: tuple | None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The lineage of data/raw: every input file's hash and the patients read from them.
+    """The lineage of data/raw: every input file's hash, the patients read from them and the
+    warnings about them.
 
     It holds no absolute paths, times or credentials."""
     volumes, root, files = loaded
@@ -172,6 +181,7 @@ def build_manifest(
             for v in volumes
         ],
         "resampled_to_mm": list(spacing) if spacing else None,
+        "warnings": list(warnings or []),
     }
 
 
@@ -207,13 +217,17 @@ def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
         volumes = loaded[0]
         if not volumes:
             raise SarcomaSegError(f"data.source={source!r}: no patients found")
+        check_distinct_patients(volumes)
+        warnings = [w for v in volumes for w in suspect_warnings(v)]
         if spacing:
             volumes = [resample(v, spacing) for v in volumes]
         write_store(tmp / STORE, volumes)
-        manifest = build_manifest(source, data_params, seed, loaded, spacing)
+        manifest = build_manifest(source, data_params, seed, loaded, spacing, warnings)
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         (tmp / MANIFEST_NAME).write_text(text)
         replace_dir(tmp, out_dir)
+        for warning in warnings:  # printed once the data are in place: they do not stop it
+            print(f"warning: {warning}", file=sys.stderr)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

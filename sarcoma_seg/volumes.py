@@ -1,6 +1,13 @@
-"""The one internal representation every source is read into: a CT volume per patient."""
+"""The one internal representation every source is read into: a CT volume per patient.
 
-from dataclasses import dataclass, replace
+It also holds the bounds every reader checks from headers before it allocates anything, the
+HDF5 check that a file reads only itself, and the checks for suspect data (labels that look like
+an image, the same patient under two ids, odd values worth a warning)."""
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -12,7 +19,37 @@ from sarcoma_seg.errors import SarcomaSegError
 KAGGLE_H5 = "lab_petct_vox_5.00mm.h5"
 KAGGLE_GROUPS = ("ct_data", "pet_data", "label_data")
 STORE = "volumes.h5"  # the internal representation that split, preprocess and evaluate read
+KAGGLE_PATIENT_PART, STORE_PATIENT_PART = 1, 0  # ct_data/<patient> and <patient>/ct
 KAGGLE_SPACING_MM = (5.0, 5.0, 5.0)  # the Kaggle file is resampled to 5 mm isotropic voxels
+
+# --- Bounds checked from headers before anything is allocated ---------------------------------
+# voxels of one volume: a 512 x 512 CT of 1024 slices, the largest whole-body scan we expect;
+# its float32 copy alone is 1 GiB, and reading, resampling and storing keep a few copies
+MAX_VOXELS = 512 * 512 * 1024
+# bytes one HDF5 dataset may declare: MAX_VOXELS of float64, the widest type a volume comes in
+MAX_DATASET_BYTES = MAX_VOXELS * 8
+# slices of one volume: a 2 m patient at 1 mm slices; the study's PNG patients have 168 to 203
+MAX_SLICES = 2048
+# pixels of one PNG slice: 4096 x 4096 is 64 times a 512 x 512 CT slice (the study's are 256 x
+# 256) and stays below PIL's own decompression-bomb limit, so our message comes first
+MAX_PNG_PIXELS = 4096 * 4096
+# the Kaggle archive holds a handful of files and an HDF5 of 7 patients at 5 mm (tens of MB);
+# these leave room for a larger release and refuse a bomb before one byte is extracted
+MAX_ARCHIVE_MEMBERS = 1000
+MAX_MEMBER_BYTES = 512 << 20
+MAX_ARCHIVE_BYTES = 2 << 30
+
+# --- Suspect data -----------------------------------------------------------------------------
+# a mask with more distinct values than this is an image, not labels: the study's masks hold
+# 0, 1 and 2, an 8-bit image up to 256 grey levels
+MAX_MASK_LABELS = 16
+# a PET must cover this share of its CT's voxels: the IBSI PETs cover 92% to 100% of theirs, and
+# a channel that is zero over most of the CT teaches the model nothing but the crop edge
+MIN_PET_COVERAGE = 0.5
+PET_COVERAGE_WARN = 0.9  # below this share (and above the minimum) a warning
+# the 12-bit CT scale: values beyond it are padding outside the field of view, metal, or a
+# missing rescale, worth a warning (the IBSI CTs span -1000 to at most 3071 HU)
+HU_SCALE = (-1024.0, 3071.0)
 
 
 @dataclass
@@ -26,6 +63,7 @@ class Volume:
     spacing: tuple[float, float, float]  # mm along (slices, rows, cols)
     provenance: str  # where it came from: file (and dataset) names, for error messages and lineage
     units: str = "HU"  # "HU", or "png8" for 8-bit intensities exported to PNG (no HU to recover)
+    warnings: list[str] = field(default_factory=list)  # odd findings of the reader, for the log
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -33,22 +71,69 @@ class Volume:
         return float(np.prod(self.spacing))
 
 
-def _check_h5_dataset(path: Path, name: str, dset: h5py.Dataset) -> None:
-    """Refuse datasets whose data live outside the file (external or virtual)."""
+def _h5_patient(name: str, patient_part: int) -> str:
+    """ " (patient X)" for a link name whose patient_part-th component is the patient, else ""."""
+    parts = name.split("/")
+    return f" (patient {parts[patient_part]})" if len(parts) > patient_part else ""
+
+
+def _dataset_problem(path: Path, name: str, dset: h5py.Dataset, patient: str) -> str | None:
+    """Why a dataset is refused (stored outside the file, or declaring too much data), or None."""
     if dset.is_virtual or dset.external:
-        raise SarcomaSegError(f"{path}: dataset {name} is stored outside the file; refusing it")
+        return f"{path}: dataset {name}{patient} is stored outside the file; refusing it"
+    if dset.size > MAX_VOXELS or dset.nbytes > MAX_DATASET_BYTES:
+        return (
+            f"{path}: dataset {name}{patient} declares shape {dset.shape} of {dset.dtype} "
+            f"({dset.nbytes / 2**30:.3g} GiB), more than the {MAX_VOXELS} voxels a volume may "
+            "have; refusing it before reading"
+        )
+    return None
+
+
+def _link_problem(path: Path, h5: h5py.File, name: str, patient_part: int) -> str | None:
+    """Why the link at name is refused (external or soft, or a refused dataset), or None."""
+    link = h5.get(name, getlink=True)
+    patient = _h5_patient(name, patient_part)
+    if isinstance(link, h5py.ExternalLink):
+        return (
+            f"{path}: {name}{patient} is an external link to {link.filename}:{link.path}; "
+            "refusing it"
+        )
+    if isinstance(link, h5py.SoftLink):
+        return f"{path}: {name}{patient} is a soft link to {link.path}; refusing it"
+    item = h5.get(name)  # a hard link: the object lives in this file
+    return _dataset_problem(path, name, item, patient) if isinstance(item, h5py.Dataset) else None
+
+
+def check_h5_links(path: Path, h5: h5py.File, patient_part: int) -> None:
+    """Refuse an HDF5 file that reaches beyond itself or declares too much data: external and
+    soft links (soft-link loops included), external or virtual storage, huge datasets. Links
+    are listed, never followed; patient_part says which component of a name is the patient."""
+    # the visitor must not raise (h5py turns that into a SystemError): it returns the first
+    # problem, which also stops the walk
+    problem = h5.visit_links(lambda name: _link_problem(path, h5, name, patient_part))
+    if problem:
+        raise SarcomaSegError(problem)
+
+
+@contextmanager
+def open_h5(path: Path, patient_part: int) -> Iterator[h5py.File]:
+    """An HDF5 file opened read-only after check_h5_links; unreadable files raise one line."""
+    try:
+        with h5py.File(path, "r") as h5:
+            check_h5_links(path, h5, patient_part)
+            yield h5
+    except OSError as exc:
+        raise SarcomaSegError(f"{path}: not a readable HDF5 file ({exc})") from exc
 
 
 def h5_patient_ids(path: Path) -> list[str]:
     """The patient ids of a Kaggle-schema HDF5 file, after checking its groups agree."""
-    try:
-        with h5py.File(path, "r") as h5:
-            missing = [g for g in ("ct_data", "label_data") if g not in h5]
-            if missing:
-                raise SarcomaSegError(f"{path}: missing group(s) {', '.join(missing)}")
-            ct_ids, label_ids = set(h5["ct_data"]), set(h5["label_data"])
-    except OSError as exc:
-        raise SarcomaSegError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with open_h5(path, KAGGLE_PATIENT_PART) as h5:
+        missing = [g for g in ("ct_data", "label_data") if g not in h5]
+        if missing:
+            raise SarcomaSegError(f"{path}: missing group(s) {', '.join(missing)}")
+        ct_ids, label_ids = set(h5["ct_data"]), set(h5["label_data"])
     if ct_ids != label_ids:
         odd = sorted(ct_ids ^ label_ids)
         raise SarcomaSegError(f"{path}: patient(s) {', '.join(odd)} lack a CT or a label volume")
@@ -62,10 +147,8 @@ def read_h5_arrays(
 ) -> dict[str, np.ndarray]:
     """One patient's datasets of a Kaggle-schema HDF5 file by group (those of groups present),
     refusing data stored outside the file; CT and PET as float32."""
-    with h5py.File(path, "r") as h5:
+    with open_h5(path, KAGGLE_PATIENT_PART) as h5:  # every link and dataset checked first
         dsets = {g: h5[g][patient_id] for g in groups if g in h5 and patient_id in h5[g]}
-        for group, dset in dsets.items():
-            _check_h5_dataset(path, f"{group}/{patient_id}", dset)
         arrays = {g: np.asarray(d[()]) for g, d in dsets.items()}
     for group in ("ct_data", "pet_data"):
         if group in arrays:
@@ -105,6 +188,55 @@ def check_volume(volume: Volume, raw_label: np.ndarray) -> None:
         raise SarcomaSegError(f"{where}: mask values are not integer labels")
     if raw_label.min() < 0:
         raise SarcomaSegError(f"{where}: mask holds negative values, not labels")
+    check_label_count(raw_label, where)
+
+
+def distinct_values(array: np.ndarray) -> int:
+    """How many distinct values an array of integer labels (checked >= 0) holds."""
+    if array.dtype.kind in "biu" and array.size and int(array.max()) < 1 << 16:
+        return int(np.count_nonzero(np.bincount(array.ravel())))  # linear, no sort of the volume
+    return len(np.unique(array))
+
+
+def check_label_count(raw_label: np.ndarray, where: str) -> None:
+    """Refuse a mask whose many distinct values say it is an image, not a label map."""
+    count = distinct_values(raw_label)
+    if count > MAX_MASK_LABELS:
+        share = float(np.count_nonzero(raw_label)) / max(raw_label.size, 1)
+        raise SarcomaSegError(
+            f"{where}: mask holds {count} distinct values ({share:.1%} of voxels > 0), more "
+            f"than the {MAX_MASK_LABELS} a label map has; it looks like an image, not labels"
+        )
+
+
+def check_distinct_patients(volumes: list[Volume]) -> None:
+    """Refuse two patients with identical CT data: the same patient under two ids would leak
+    across a split."""
+    seen: dict[str, str] = {}
+    for volume in volumes:
+        digest = hashlib.sha256(np.ascontiguousarray(volume.ct).tobytes()).hexdigest()
+        digest += str(volume.ct.shape)  # equal bytes in different shapes are different images
+        if digest in seen:
+            raise SarcomaSegError(
+                f"patients {seen[digest]} and {volume.patient_id} have identical CT images "
+                f"({volume.provenance}): the same patient under two ids would leak across a split"
+            )
+        seen[digest] = volume.patient_id
+
+
+def suspect_warnings(volume: Volume) -> list[str]:
+    """Odd but possible findings about one patient, one line each (the reader's included)."""
+    where = f"{volume.provenance} (patient {volume.patient_id})"
+    found = [f"{where}: {note}" for note in volume.warnings]
+    if not volume.mask.any():
+        found.append(f"{where}: mask has no tumour voxels")
+    low, high = float(volume.ct.min()), float(volume.ct.max())
+    if volume.units == "HU" and (low < HU_SCALE[0] or high > HU_SCALE[1]):
+        found.append(
+            f"{where}: CT values span {low:g} to {high:g} HU, beyond the CT scale "
+            f"{HU_SCALE[0]:g} to {HU_SCALE[1]:g} (padding, metal or a missing rescale?)"
+        )
+    return found
 
 
 def read_kaggle_h5(path: Path) -> list[Volume]:
@@ -166,14 +298,14 @@ def store_path(raw_dir: Path) -> Path:
 
 def raw_patient_ids(raw_dir: Path) -> list[str]:
     """All patient ids available in data/raw."""
-    with h5py.File(store_path(raw_dir), "r") as h5:
+    with open_h5(store_path(raw_dir), STORE_PATIENT_PART) as h5:
         return sorted(h5)
 
 
 def load_volumes(raw_dir: Path, patient_ids: list[str]) -> list[Volume]:
     """Read the named patients from the internal store, in the given order."""
     path = store_path(raw_dir)
-    with h5py.File(path, "r") as h5:
+    with open_h5(path, STORE_PATIENT_PART) as h5:
         unknown = [p for p in patient_ids if p not in h5]
         if unknown:
             raise SarcomaSegError(f"{path}: patient(s) {', '.join(unknown)} not in the store")

@@ -156,14 +156,15 @@ def test_oblique_pet_is_resampled_through_world_coordinates(tmp_path: Path) -> N
     turn = np.radians(30)  # PET turned 30 degrees about z: no canonical reorientation undoes it
     pet_affine = np.eye(4)
     pet_affine[:2, :2] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
-    pet_affine[:3, 3] = np.array([8.0, 9.0, 6.0]) - pet_affine[:3, :3] @ [5.0, 5.0, 3.0]
-    pet = np.ones((10, 10, 6), np.float32)
-    pet[5, 5, 3] = 100.0  # at world (8, 9, 6): CT voxel (i, j, k) = (8, 9, 3)
+    pet_affine[:3, 3] = np.array([8.0, 9.0, 6.0]) - pet_affine[:3, :3] @ [15.0, 15.0, 3.0]
+    pet = np.ones((30, 30, 6), np.float32)  # covers the whole CT grid, as a PET must
+    pet[10:20, 10:20] = 2.0  # a warm 10 x 10 mm square around the hot voxel
+    pet[15, 15, 3] = 100.0  # at world (8, 9, 6): CT voxel (i, j, k) = (8, 9, 3)
     save(folder / "PET_image.nii.gz", pet, pet_affine)
     (vol,) = read_nifti(tmp_path)
     assert np.unravel_index(vol.pet.argmax(), vol.pet.shape) == (3, 9, 8)
     assert vol.pet[3, 9, 8] == pytest.approx(100.0)
-    assert (vol.pet[3] > 0).sum() == pytest.approx(100, abs=8)  # the turned 10 x 10 mm square
+    assert (vol.pet[2] > 1.5).sum() == pytest.approx(100, abs=8)  # the turned 10 x 10 mm square
 
 
 def test_nnunet_layout_with_and_without_pet_channel(tmp_path: Path) -> None:
