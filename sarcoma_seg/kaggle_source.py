@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.volumes import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_MEMBER_BYTES
 
 MISSING_CREDENTIALS = (
     "kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN,"
@@ -162,6 +163,30 @@ def check_members(zip_path: Path, infos: list[zipfile.ZipInfo]) -> None:
             raise SarcomaSegError(f"{zip_path}: member {info.filename!r} {problem}; refusing it")
 
 
+def check_sizes(zip_path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse an archive whose directory declares too many members or too many bytes.
+
+    The declared sizes bind: zipfile stops a member's output at its declared file_size (and
+    fails its CRC), so a member cannot inflate beyond what is checked here."""
+    if len(infos) > MAX_ARCHIVE_MEMBERS:
+        raise SarcomaSegError(
+            f"{zip_path}: {len(infos)} members, more than the {MAX_ARCHIVE_MEMBERS} allowed; "
+            "refusing it before extracting"
+        )
+    for info in infos:
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise SarcomaSegError(
+                f"{zip_path}: member {info.filename!r} declares {info.file_size} bytes "
+                f"uncompressed, more than the {MAX_MEMBER_BYTES} allowed; refusing it"
+            )
+    total = sum(info.file_size for info in infos)
+    if total > MAX_ARCHIVE_BYTES:
+        raise SarcomaSegError(
+            f"{zip_path}: members declare {total} bytes uncompressed in all, more than the "
+            f"{MAX_ARCHIVE_BYTES} allowed; refusing it before extracting"
+        )
+
+
 def safe_extract(zip_path: Path, dest: Path) -> list[Path]:
     """Validate every member, then extract via a temp dir so dest never holds partial files."""
     zip_path, dest = Path(zip_path), Path(dest)
@@ -169,6 +194,7 @@ def safe_extract(zip_path: Path, dest: Path) -> list[Path]:
         with zipfile.ZipFile(zip_path) as archive:
             infos = archive.infolist()
             check_members(zip_path, infos)
+            check_sizes(zip_path, infos)
             dest.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".extract-", dir=dest.parent) as tmp:
                 archive.extractall(tmp)

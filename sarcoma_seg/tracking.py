@@ -109,7 +109,14 @@ def log_manifest(manifest_path: Path) -> None:
     digest = manifest["digest"][:32]
     dataset = MetaDataset(source=source, name=manifest["dataset"], digest=digest)
     mlflow.log_input(dataset, context="training")
-    mlflow.set_tags({"data.digest": manifest["digest"], "data.source": manifest["source"]})
+    mlflow.set_tags(
+        {
+            "data.digest": manifest["digest"],
+            "data.source": manifest["source"],
+            # how many warnings the download stage raised; their text is in the manifest artifact
+            "data.warnings": len(manifest.get("warnings", [])),
+        }
+    )
 
 
 def epoch_logger(prefix: str = "") -> Any:
