@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.affines import voxel_sizes
 from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import io_orientation
 from PIL import Image
 from scipy import ndimage
 
@@ -250,6 +251,13 @@ def check_nifti_header(image: nib.Nifti1Image, where: str) -> None:
         raise SarcomaSegError(
             f"{where}: affine is singular (voxel axes {np.round(affine[:3, :3], 4).tolist()} "
             "span no volume); cannot place the voxels in space"
+        )
+    axial = np.flatnonzero(io_orientation(affine)[:, 0] == 2)  # the voxel axis closest to S
+    slices = shape[int(axial[0])] if len(axial) and axial[0] < len(shape) else 0
+    if slices > MAX_SLICES:
+        raise SarcomaSegError(
+            f"{where}: header claims {slices} slices, more than the {MAX_SLICES} a volume may "
+            "have; refusing it before reading"
         )
 
 

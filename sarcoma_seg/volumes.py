@@ -87,6 +87,11 @@ def _dataset_problem(path: Path, name: str, dset: h5py.Dataset, patient: str) ->
             f"({dset.nbytes / 2**30:.3g} GiB), more than the {MAX_VOXELS} voxels a volume may "
             "have; refusing it before reading"
         )
+    if dset.ndim >= 3 and dset.shape[0] > MAX_SLICES:  # both schemas put slices first
+        return (
+            f"{path}: dataset {name}{patient} declares {dset.shape[0]} slices, more than the "
+            f"{MAX_SLICES} a volume may have; refusing it before reading"
+        )
     return None
 
 

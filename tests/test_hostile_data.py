@@ -23,13 +23,19 @@ import pytest
 import yaml
 
 from sarcoma_seg import kaggle_source, predict
-from sarcoma_seg.errors import run_cli
+from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.volumes import (
     MAX_ARCHIVE_BYTES,
     MAX_ARCHIVE_MEMBERS,
     MAX_MEMBER_BYTES,
     MAX_PNG_PIXELS,
+    MAX_SLICES,
     MAX_VOXELS,
+    STORE,
+    Volume,
+    load_volumes,
+    raw_patient_ids,
+    write_store,
 )
 from stages import download
 from tests.conftest import ROOT, tiny_params
@@ -118,6 +124,12 @@ def declared_huge(h5: h5py.File) -> None:
     """STS_007's CT declares 2000 x 1000 x 800 float32 (6.4 GB) and stores nothing."""
     del h5["ct_data/STS_007"]
     h5["ct_data"].create_dataset("STS_007", shape=(2000, 1000, 800), dtype=np.float32)
+
+
+def declared_slices(h5: h5py.File) -> None:
+    """STS_007's mask declares 5000 slices of 2 x 2 voxels (few voxels, too many slices)."""
+    del h5["label_data/STS_007"]
+    h5["label_data"].create_dataset("STS_007", shape=(5000, 2, 2), dtype=np.uint8)
 
 
 def nifti_header_only(path: Path, shape: tuple[int, ...]) -> Path:
@@ -285,6 +297,10 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "nifti-zero-length-axis": nifti_ct(
         lambda p: save(p, np.zeros((20, 18, 0), np.float32), ras_affine())
     ),
+    "nifti-claims-5000-slices": nifti_ct(lambda p: nifti_header_only(p, (4, 4, 5000))),
+    "h5-declares-5000-slices": lambda r: hdf5(
+        h5_source(r, declared_slices), "STS_007", "5000 slices"
+    ),
     "png-20000-squared": png_huge,
     "png-image-like-mask": png_mask((np.arange(12 * 10) % 256).reshape(12, 10).astype(np.uint8)),
     "nifti-image-like-mask": image_like_nifti_mask,
@@ -305,6 +321,7 @@ HUGE_HEADERS = ("h5-declared-huge", "nifti-claims-32767-cubed", "png-20000-squar
 def test_bounds_hold_the_hostile_claims() -> None:
     """The hostile inputs above are beyond the bounds, the study's data well within them."""
     assert 32767**3 > MAX_VOXELS >= 512 * 512 * 200  # a real CT reads
+    assert 5000 > MAX_SLICES >= 203  # the study's PNG patients have up to 203 slices
     assert 20000 * 20000 > MAX_PNG_PIXELS >= 512 * 512
     assert GiB > MAX_MEMBER_BYTES and 5 * MAX_MEMBER_BYTES > MAX_ARCHIVE_BYTES
 
@@ -544,3 +561,27 @@ def test_predict_refuses_huge_header_without_allocating(
     assert_one_error_line(stderr, named)
     assert_prediction_intact(previous_prediction)
     assert peak_kib < MEMORY_LIMIT_KIB, f"{name}: peak RSS {peak_kib / 1024:.0f} MiB"
+
+
+# --- the internal store ---------------------------------------------------------------------
+
+
+def test_store_reader_refuses_links_out_of_the_store(tmp_path: Path) -> None:
+    target = other_h5(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    volume = Volume(
+        "STS_002",
+        np.zeros((4, 8, 8), np.float32),
+        np.zeros((4, 8, 8), np.uint8),
+        None,
+        (5.0, 5.0, 5.0),
+        "test",
+    )
+    write_store(raw / STORE, [volume])
+    with h5py.File(raw / STORE, "a") as h5:
+        del h5["STS_002/ct"]
+        h5["STS_002/ct"] = h5py.ExternalLink(str(target), "/secret")
+    for read in (raw_patient_ids, lambda r: load_volumes(r, ["STS_002"])):
+        with pytest.raises(SarcomaSegError, match=r"STS_002/ct \(patient STS_002\) is an external"):
+            read(raw)
