@@ -381,7 +381,8 @@ def _resample_axis_aligned(src: np.ndarray, to_src: np.ndarray, out_shape: tuple
 
 
 def _resample_onto(src: np.ndarray, src_affine: np.ndarray, out_shape: tuple, out_affine):
-    """Linear resampling of src onto another grid through world coordinates; outside is 0."""
+    """Linear resampling of src onto another grid through world coordinates; outside is 0.
+    Returns the values and the share of output voxels inside the source grid."""
     to_src = np.linalg.inv(src_affine) @ out_affine  # output voxel index -> source voxel index
     # "nearest" only extends the edge voxel over its own half-voxel: a PET grid whose edge
     # centre lies 0.02 mm beyond the CT's (as in IBSI) must not lose a whole CT slice; points
