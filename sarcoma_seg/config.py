@@ -285,6 +285,8 @@ def describe(spec: Spec) -> str:
         return f"a number in {interval(spec)}"
     if spec.kind == "window":
         return f"[low, high] with low < high within [{spec.low:g}, {spec.high:g}]"
+    if spec.kind == "section":
+        return "a mapping with keys " + ", ".join(spec.fields)
     return spec.kind
 
 
