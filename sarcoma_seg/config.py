@@ -483,9 +483,8 @@ def check_mapping(
     label = f"{where}: " if where else ""
     if not isinstance(values, dict):
         got = "null" if values is None else type(values).__name__
-        raise SarcomaSegError(
-            f"{label}{prefix or 'the file'}: expected a mapping of keys, got {got}"
-        )
+        where_in = f"{prefix}: " if prefix else ""
+        raise SarcomaSegError(f"{label}{where_in}expected a mapping of keys, got {got}")
     for key in values:
         if key not in fields:
             raise SarcomaSegError(

@@ -389,7 +389,9 @@ def test_bad_stored_config_is_refused_naming_the_file(tmp_path: Path, case: str)
 def test_a_stored_config_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     path = tmp_path / CONFIG_NAME
     path.write_text("[1, 2]")
-    with pytest.raises(SarcomaSegError, match=r"preprocessing\.json: the file: expected a mapping"):
+    with pytest.raises(
+        SarcomaSegError, match=r"preprocessing\.json: expected a mapping of keys, got list$"
+    ):
         load_config(path)
 
 
