@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.config import STORED_INFERENCE, check_mapping, check_model_config
+from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.transforms import Preprocessing
 
 CONFIG_NAME = "preprocessing.json"
@@ -21,23 +22,14 @@ POSTPROCESS = ("none", "largest_component")
 
 
 def check_inference(inference: dict[str, Any]) -> dict[str, Any]:
-    """Validate the inference section: threshold, postprocessing, flip test-time augmentation."""
-    threshold = inference.get("threshold")
-    if not isinstance(threshold, int | float) or not 0 < threshold < 1:
-        raise SarcomaSegError(f"inference.threshold={threshold!r} is not allowed; use 0 < t < 1")
-    choice("inference.postprocess", inference.get("postprocess", "none"), POSTPROCESS)
-    if not isinstance(inference.get("tta_flip", False), bool):
-        raise SarcomaSegError("inference.tta_flip must be true or false")
-    sigma = inference.get("z_sigma", 0)
-    if not isinstance(sigma, int | float) or isinstance(sigma, bool) or not 0 <= sigma <= 10:
-        raise SarcomaSegError(
-            f"inference.z_sigma={sigma!r} is not allowed; give slices, 0 (off) to 10"
-        )
+    """Validate the inference section against its schema (threshold, postprocessing, flip test-time
+    augmentation, slice smoothing); absent keys but the threshold are off, as for older models."""
+    check_mapping("inference", STORED_INFERENCE, inference)
     return {
-        "threshold": float(threshold),
+        "threshold": float(inference["threshold"]),
         "postprocess": inference.get("postprocess", "none"),
         "tta_flip": inference.get("tta_flip", False),
-        "z_sigma": float(sigma),
+        "z_sigma": float(inference.get("z_sigma", 0)),
     }
 
 
@@ -48,11 +40,15 @@ def save_config(path: Path, pre: Preprocessing, inference: dict[str, Any] | None
 
 
 def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
-    """Read what save_config wrote."""
+    """Read what save_config wrote, every key checked against config.MODEL_CONFIG first."""
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise SarcomaSegError(f"{path}: cannot read the preprocessing ({exc})") from exc
+    try:
+        check_model_config(config)
+    except SarcomaSegError as exc:
+        raise SarcomaSegError(f"{path}: {exc}") from None
     inference = config.pop("inference", None)
     for key in ("hu_window", "pet_window"):
         if config.get(key) is not None:

@@ -1,17 +1,19 @@
-"""Reading params.yaml and validating the values every stage shares."""
+"""Reading params.yaml, checked whole against the schema in sarcoma_seg/config.py, and validating
+the values every stage shares."""
 
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sarcoma_seg import config
 from sarcoma_seg.errors import SarcomaSegError
 
 PARAMS_FILE = "params.yaml"
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Load the whole params.yaml as a dict."""
+    """Load the whole params.yaml as a dict, every key checked against the schema."""
     path = Path(path)
     try:
         params = yaml.safe_load(path.read_text())
@@ -21,25 +23,18 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise SarcomaSegError(
             f"{path}: expected a mapping of sections, got {type(params).__name__}"
         )
+    config.check_params(params, str(path))
     return params
 
 
 def check_image_size(size: object) -> int:
-    """base.image_size must be a positive multiple of 32 (the U-Net downsamples five times)."""
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 32:
-        raise SarcomaSegError(
-            f"base.image_size={size!r} is not allowed; it must be a positive multiple of 32"
-        )
-    return size
+    """base.image_size must be a multiple of 32 (the U-Net downsamples five times), bounded."""
+    return config.check_image_size(size)
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     """Return value if it is an int >= minimum, else raise naming the param."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SarcomaSegError(
-            f"{name}={value!r} is not allowed; it must be an integer >= {minimum}"
-        )
-    return value
+    return config.check_int(name, value, minimum)
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sarcoma_seg import __version__, kaggle_source, phantom, readers
+from sarcoma_seg import __version__, config, kaggle_source, phantom, readers
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.volumes import (
     STORE,
@@ -89,18 +89,8 @@ SOURCES: dict[str, Source] = {
 
 
 def check_spacing(spacing: object) -> tuple[float, float, float] | None:
-    """data.spacing: null keeps native spacing, else three positive mm values (slice, row, col)."""
-    if spacing is None:
-        return None
-    if (
-        not isinstance(spacing, list | tuple)
-        or len(spacing) != 3
-        or not all(isinstance(s, int | float) and s > 0 for s in spacing)
-    ):
-        raise SarcomaSegError(
-            f"data.spacing={spacing!r} is not allowed; use null or [slice, row, col] mm > 0"
-        )
-    return tuple(float(s) for s in spacing)
+    """data.spacing: null keeps native spacing, else [slice, row, col] mm within the bounds."""
+    return config.check_spacing(spacing)
 
 
 def describe(source: str, data_params: dict, seed: int) -> tuple[str, Any]:

@@ -9,6 +9,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from sarcoma_seg import config
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.params import check_image_size, check_positive_int
 
@@ -142,14 +143,7 @@ def check_hu_windows(
 
 def check_window(name: str, window: Any) -> tuple[float, float]:
     """A [low, high] intensity window with low < high, as floats."""
-    if (
-        not isinstance(window, list | tuple)
-        or len(window) != 2
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in window)
-        or window[0] >= window[1]
-    ):
-        raise SarcomaSegError(f"{name}={window!r} is not allowed; give [low, high] with low < high")
-    return float(window[0]), float(window[1])
+    return config.check_window(name, window)
 
 
 def _blur_sharpen(cfg: dict[str, Any]) -> A.BasicTransform:

@@ -21,7 +21,7 @@ def tiny_params() -> dict[str, Any]:
     params["base"]["image_size"] = 32
     params["data"]["source"] = "synthetic"
     params["data"]["synthetic"] = {"n_patients": 4, "shape": [12, 48, 48]}
-    params["split"] = {"train": 2, "val": 1, "test": 1}
+    params["split"].update(train=2, val=1, test=1)
     params["train"].update(epochs=2, batch_size=4, early_stopping_patience=2)
     params["evaluate"]["figure_slices"] = 2
     return params

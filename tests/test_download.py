@@ -12,22 +12,17 @@ import pytest
 import yaml
 
 from sarcoma_seg.errors import SarcomaSegError
+from tests.conftest import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = [12, 48, 48]
 
 
 def write_params(directory: Path, source: str = "synthetic", shape: object = SHAPE) -> None:
-    """A params.yaml with only the sections the download stage reads."""
-    params = {
-        "paths": {"raw": "data/raw"},
-        "base": {"seed": 11},
-        "data": {
-            "source": source,
-            "kaggle_dataset": "4quant/soft-tissue-sarcoma",
-            "synthetic": {"n_patients": 2, "shape": shape},
-        },
-    }
+    """The tiny params.yaml (checked whole) with the download stage's settings."""
+    params = tiny_params()
+    params["base"]["seed"] = 11
+    params["data"].update(source=source, synthetic={"n_patients": 2, "shape": shape})
     (directory / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -107,8 +102,10 @@ def test_failed_fetch_keeps_the_previous_raw_data(download, project: Path) -> No
 
 
 def test_missing_seed_is_a_one_line_error(download, project: Path) -> None:
-    (project / "params.yaml").write_text("paths: {raw: data/raw}\ndata: {source: synthetic}\n")
-    with pytest.raises(SarcomaSegError, match=r"base\.seed"):
+    params = tiny_params()
+    del params["base"]["seed"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SarcomaSegError, match=r"params\.yaml: base\.seed: missing key"):
         download.main()
 
 

@@ -207,7 +207,7 @@ def test_real_sources_run_end_to_end_on_held_out_patients(
     repo = copy_project(tmp_path / "repo")
     params = tiny_params()
     params["data"].update(source=source, path=str(shared_data / folder))
-    params["split"] = dict(zip(("train", "val", "test"), counts))
+    params["split"].update(zip(("train", "val", "test"), counts))
     params["train"].update(epochs=1, batch_size=16)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(run(["dvc", "repro"], repo))[-1] == "evaluate"
