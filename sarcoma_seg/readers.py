@@ -402,14 +402,22 @@ def _resample_onto(src: np.ndarray, src_affine: np.ndarray, out_shape: tuple, ou
 def pet_coverage(path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray):
     """(PET resampled onto the canonical CT grid, share of CT voxels the PET covers)."""
     pet, pet_affine = _load_canonical(path, patient_id, labels=False)
+    return pet_onto_grid(pet, pet_affine, _where(path, patient_id), ct_shape, ct_affine)
+
+
+def pet_onto_grid(
+    pet: np.ndarray, pet_affine: np.ndarray, where: str, ct_shape: tuple, ct_affine: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """(a canonical PET array resampled onto the canonical CT grid, share of CT voxels it
+    covers), refused if it holds NaN or covers too little."""
     if not np.isfinite(pet).all():
-        raise SarcomaSegError(f"{_where(path, patient_id)}: PET holds NaN or infinite voxels")
+        raise SarcomaSegError(f"{where}: PET holds NaN or infinite voxels")
     pet, covered = _resample_onto(pet, pet_affine, ct_shape, ct_affine)
     if covered == 0:
-        raise SarcomaSegError(f"{_where(path, patient_id)}: PET does not overlap the CT grid")
+        raise SarcomaSegError(f"{where}: PET does not overlap the CT grid")
     if covered < MIN_PET_COVERAGE:
         raise SarcomaSegError(
-            f"{_where(path, patient_id)}: PET covers only {covered:.2%} of the CT grid, less "
+            f"{where}: PET covers only {covered:.2%} of the CT grid, less "
             f"than the {MIN_PET_COVERAGE:.0%} required"
         )
     return pet, covered

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sarcoma_seg import __version__, config, kaggle_source, phantom, readers
+from sarcoma_seg.io import dicom
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.volumes import (
     STORE,
@@ -79,12 +80,20 @@ def load_slices(staging: Path, data_params: dict, seed: int) -> Loaded:
     return readers.read_slices(path), path, readers.slice_inputs(path)
 
 
+def load_dicom(staging: Path, data_params: dict, seed: int) -> Loaded:
+    """SOURCES entry: a folder of DICOM CT series + RTSTRUCT (+ PET), in any layout."""
+    path = local_path(data_params, "folder")
+    volumes, files = dicom.read_dicom(path, str(data_params.get("roi") or ""))
+    return volumes, path, files
+
+
 SOURCES: dict[str, Source] = {
     "synthetic": load_synthetic,
     "kaggle": load_kaggle,
     "hdf5": load_hdf5,
     "nifti": load_nifti,
     "slices": load_slices,
+    "dicom": load_dicom,
 }
 
 
