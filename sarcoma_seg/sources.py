@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sarcoma_seg import __version__, config, kaggle_source, phantom, readers
-from sarcoma_seg.io import dicom
 from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.io import dicom
 from sarcoma_seg.volumes import (
     STORE,
     Volume,

@@ -21,6 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
@@ -165,12 +166,14 @@ def _floats(ds: Dataset, keyword: str, count: int, where: str) -> np.ndarray:
     """A numeric multi-valued tag as floats, refusing absent, short or non-numeric values."""
     if keyword not in ds:
         raise SarcomaSegError(f"{where}: no {keyword}; cannot place the slice in space")
-    raw = ds[keyword].value
-    values = list(raw) if isinstance(raw, list | tuple | pydicom.multival.MultiValue) else [raw]
+    raw = ds.get_item(keyword).value  # undecoded: a value pydicom cannot parse stays bytes
     try:
+        value = ds[keyword].value
+        values = value if isinstance(value, list | tuple | MultiValue) else [value]
         numbers = np.array([float(v) for v in values], dtype=float)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise SarcomaSegError(f"{where}: {keyword} {raw!r} is not numeric") from exc
+    raw = value
     if len(numbers) != count or not np.isfinite(numbers).all():
         raise SarcomaSegError(f"{where}: {keyword} {raw!r} is not {count} finite numbers")
     return numbers
@@ -196,7 +199,9 @@ def _check_bounds(series: Series) -> None:
         try:
             shapes[path] = (int(ds.Rows), int(ds.Columns))
         except (AttributeError, TypeError, ValueError) as exc:
-            raise SarcomaSegError(f"{_where(path, pid)}: no valid Rows/Columns") from exc
+            raise SarcomaSegError(
+                f"{_where(path, pid)}: no valid Rows/Columns (a truncated file?)"
+            ) from exc
     shape = shapes[first]
     for path, other in shapes.items():
         if other != shape:
