@@ -13,6 +13,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from PIL import Image
 
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.io import dicom
 from sarcoma_seg.readers import (
     IMAGE_MODES,
     NIFTI_ERRORS,
@@ -23,8 +24,6 @@ from sarcoma_seg.readers import (
     read_png,
 )
 from sarcoma_seg.volumes import KAGGLE_SPACING_MM, h5_patient_ids, read_h5_arrays
-
-DICOM_SKIP = {"DICOMDIR"}  # index files that sit beside a series and hold no pixels
 
 
 @dataclass
@@ -93,79 +92,24 @@ def read_nifti_scan(path: Path, pet: Path | None = None) -> Scan:
     return _canonical_scan(str(path), image, pet)
 
 
-def _dicom_files(folder: Path) -> list:
-    """Every DICOM slice of one CT series in a folder, read with pixels, refusing anything else."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    files = [p for p in files if p.name not in DICOM_SKIP]
-    if not files:
-        raise SarcomaSegError(f"{folder}: no DICOM files in the folder")
-    slices = []
-    for path in files:
-        try:
-            ds = pydicom.dcmread(path)
-            pixels = ds.pixel_array  # decode now, so that a truncated file fails here
-        except (InvalidDicomError, AttributeError, ValueError, OSError, EOFError) as exc:
-            raise SarcomaSegError(f"{path}: not a readable DICOM image ({exc})") from exc
-        modality = getattr(ds, "Modality", "CT")
-        if modality != "CT":
-            raise SarcomaSegError(f"{path}: modality {modality}, not CT")
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if tag not in ds:
-                raise SarcomaSegError(f"{path}: no {tag}; cannot place the slice in space")
-        if pixels.ndim != 2:
-            raise SarcomaSegError(f"{path}: pixel data of shape {pixels.shape}, not one slice")
-        slices.append((path, ds, pixels))
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds, _ in slices}
-    if len(series) > 1:
-        raise SarcomaSegError(f"{folder}: {len(series)} DICOM series in one folder; give one")
-    return slices
-
-
 def read_dicom_series(folder: Path, pet: Path | None = None) -> Scan:
     """A folder of CT slices: sorted along the slice normal, rescaled to HU, placed by the
-    DICOM geometry (converted from DICOM's LPS to NIfTI's RAS)."""
-    slices = _dicom_files(folder)
-    first = slices[0][1]
-    orientation = np.array(first.ImageOrientationPatient, dtype=float)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    shape = slices[0][2].shape
-    for path, ds, pixels in slices:
-        if pixels.shape != shape:
-            raise SarcomaSegError(f"{path}: slice size {pixels.shape} differs from {shape}")
-        if not np.allclose(
-            np.array(ds.ImageOrientationPatient, dtype=float), orientation, atol=1e-4
-        ):
-            raise SarcomaSegError(f"{path}: slice orientation differs from the series")
-    along = np.array(
-        [np.dot(np.array(ds.ImagePositionPatient, float), normal) for _, ds, _ in slices]
-    )
-    order = np.argsort(along, kind="stable")
-    slices, positions = [slices[i] for i in order], along[order]
-    gaps = np.diff(positions)
-    if len(slices) > 1 and (gaps <= 0).any():
-        where = slices[int(np.argmin(gaps)) + 1][0]
-        raise SarcomaSegError(f"{where}: two slices at the same position")
-    step = float(np.median(gaps)) if len(gaps) else float(getattr(first, "SliceThickness", 1.0))
-    hu = np.stack(
-        [
-            px.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1))
-            + float(getattr(ds, "RescaleIntercept", 0))
-            for _, ds, px in slices
-        ]
-    )
-    row_mm, col_mm = (float(v) for v in first.PixelSpacing)  # DICOM: row spacing, column spacing
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_mm  # i runs along a row, i.e. across columns
-    lps[:3, 1] = col_dir * row_mm  # j runs down the columns
-    lps[:3, 2] = normal * step
-    lps[:3, 3] = np.array(slices[0][1].ImagePositionPatient, dtype=float)
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
-    image = nib.Nifti1Image(hu.transpose(2, 1, 0), affine)  # (slices, rows, cols) -> (i, j, k)
-    return _canonical_scan(folder.name, image, pet)
+    DICOM geometry (converted from DICOM's LPS to NIfTI's RAS); the mask goes back as NIfTI
+    and, beside it, as an RTSTRUCT on the input series (dicom.RTSTRUCT_NAME)."""
+    grid, hu = dicom.read_ct_series(folder)
+    image = nib.Nifti1Image(hu.transpose(2, 1, 0), grid.affine)  # (slices, rows, cols) -> ijk
+    scan = _canonical_scan(folder.name, image, pet)
+    save_nifti = scan.save_mask
+
+    def save(mask: np.ndarray, path: Path) -> Path:
+        """The NIfTI mask, and the RTSTRUCT outlining it on the input's slices."""
+        save_nifti(mask, path)
+        own = dicom.from_canonical(mask, grid.affine)  # back to the series' own order
+        dicom.write_rtstruct(grid, own, path.parent / dicom.RTSTRUCT_NAME)
+        return path
+
+    scan.save_mask = save
+    return scan
 
 
 def read_h5_scan(path: Path, patient_id: str | None) -> Scan:

@@ -381,7 +381,7 @@ def structures_for(
     for path, ds in structures:
         series, frames = _referenced(ds)
         if uid in series or (not series and frame in frames):
-            if frames and frame not in frames:
+            if frame and frames and frame not in frames:
                 raise SarcomaSegError(
                     f"{_where(path, pid)}: RTSTRUCT references CT series {uid} but frame of "
                     f"reference {', '.join(sorted(frames))}, not the CT's {frame}"
