@@ -185,7 +185,18 @@ def _odd_shape(k: int, ds: object) -> None:
         ds.Rows, ds.Columns = 8, 32
 
 
+def sources_shared_patient(root: Path) -> tuple[dict, tuple[str, ...]]:
+    """data.sources: the same patient id in a nifti and a dicom folder."""
+    ibsi_patient(root / "nifti", "STS_004")
+    dicom_data.write_patient(root / "dicom", "STS_004")
+    entries = [{"source": "nifti", "path": str(root / "nifti")}]
+    entries.append({"source": "dicom", "path": str(root / "dicom")})
+    named = ("patient STS_004", "data.sources[0] (nifti", "data.sources[1] (dicom")
+    return {"sources": entries}, named
+
+
 DICOM_CASES = {
+    "sources-shared-patient": sources_shared_patient,
     "dicom-rtstruct-other-frame": dicom_case("frame of reference")(
         _rewrite_rtstruct(frame="1.2.3.4.5")
     ),

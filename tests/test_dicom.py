@@ -142,3 +142,26 @@ def test_real_dicom_equals_the_ibsi_nifti(shared_data: Path) -> None:
         assert np.abs(volume.ct - reference.ct).max() <= 1.0
         assert dice(volume.mask, reference.mask) >= 0.99
         assert np.abs(volume.pet - reference.pet).max() < 0.01  # both SUV, same resampling
+
+
+def test_several_sources_merge_into_one_store_and_manifest(tmp_path: Path) -> None:
+    from sarcoma_seg import sources
+    from sarcoma_seg.volumes import load_volumes, raw_patient_ids
+    from tests.test_readers import ibsi_patient
+
+    ibsi_patient(tmp_path / "nifti", "STS_001")
+    write_patient(tmp_path / "dicom", "P1", pet=True)
+    entries = [{"source": "nifti", "path": str(tmp_path / "nifti")}]
+    entries.append({"source": "dicom", "path": str(tmp_path / "dicom")})
+    data = {"source": "synthetic", "path": None, "roi": "GTV", "spacing": None, "sources": entries}
+    manifest = sources.fetch(data, 0, tmp_path / "raw")
+    assert raw_patient_ids(tmp_path / "raw") == ["P1", "STS_001"]
+    assert manifest["source"] == "nifti+dicom"
+    assert [s["patients"] for s in manifest["sources"]] == [["STS_001"], ["P1"]]
+    names = [f["name"] for f in manifest["files"]]
+    assert len(names) == 2 + 2 * dicom_data.SLICES + 1
+    assert {n.split("/")[0] for n in names} == {"0-nifti", "1-dicom"}
+    (dicom_volume,) = load_volumes(tmp_path / "raw", ["P1"])
+    assert np.array_equal(dicom_volume.mask, canonical(reference_mask()))
+    again = sources.fetch(data, 0, tmp_path / "raw2")
+    assert again["digest"] == manifest["digest"]  # same inputs, same lineage
