@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sarcoma_seg.readers import nifti_inputs, read_nifti, read_slices, slice_inputs
+from sarcoma_seg.io.nifti import nifti_inputs, read_nifti
+from sarcoma_seg.io.png import read_slices, slice_inputs
 from sarcoma_seg.volumes import Volume
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -9,15 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sarcoma_seg import __version__, config, kaggle_source, phantom, readers
+from sarcoma_seg import __version__, config, kaggle_source, phantom
 from sarcoma_seg.errors import SarcomaSegError, choice
-from sarcoma_seg.io import dicom
+from sarcoma_seg.io import dicom, nifti, png
+from sarcoma_seg.io.hdf5 import find_kaggle_h5, read_kaggle_h5
 from sarcoma_seg.volumes import (
     STORE,
     Volume,
     check_distinct_patients,
-    find_kaggle_h5,
-    read_kaggle_h5,
     resample,
     suspect_warnings,
     write_store,
@@ -71,13 +70,13 @@ def load_hdf5(staging: Path, data_params: dict, seed: int) -> Loaded:
 def load_nifti(staging: Path, data_params: dict, seed: int) -> Loaded:
     """SOURCES entry: a folder of NIfTI volumes (per-patient folders or nnU-Net / MSD layout)."""
     path = local_path(data_params, "folder")
-    return readers.read_nifti(path), path, readers.nifti_inputs(path)
+    return nifti.read_nifti(path), path, nifti.nifti_inputs(path)
 
 
 def load_slices(staging: Path, data_params: dict, seed: int) -> Loaded:
     """SOURCES entry: folders of exported PNG image / mask slices, pooled and grouped by patient."""
     path = local_path(data_params, "folder")
-    return readers.read_slices(path), path, readers.slice_inputs(path)
+    return png.read_slices(path), path, png.slice_inputs(path)
 
 
 def load_dicom(staging: Path, data_params: dict, seed: int) -> Loaded:

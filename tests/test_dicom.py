@@ -128,13 +128,13 @@ CROSSCHECK = ("STS_002", "STS_019")
 
 @pytest.mark.realdata
 def test_real_dicom_equals_the_ibsi_nifti(shared_data: Path) -> None:
-    from sarcoma_seg import readers
+    from sarcoma_seg.io import nifti
 
     volumes, files = dicom.read_dicom(shared_data / "dicom-crosscheck", "GTV")
     assert [v.patient_id for v in volumes] == list(CROSSCHECK)
     folder = shared_data / "ibsi-sts"
-    cases = [c for c in readers._nifti_cases(folder) if c.patient_id in CROSSCHECK]
-    nifti = {c.patient_id: readers._read_case(folder, c) for c in cases}  # only the two
+    cases = [c for c in nifti._nifti_cases(folder) if c.patient_id in CROSSCHECK]
+    nifti = {c.patient_id: nifti._read_case(folder, c) for c in cases}  # only the two
     for volume in volumes:
         reference = nifti[volume.patient_id]
         assert volume.ct.shape == reference.ct.shape

@@ -26,7 +26,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.readers import canonical_spacing, internal_axes, pet_onto_grid
+from sarcoma_seg.io.common import Scan, one_line, where_of
+from sarcoma_seg.io.grid import canonical_spacing, internal_axes, pet_onto_grid
+from sarcoma_seg.io.nifti import canonical_scan
 from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, PET_COVERAGE_WARN, Volume, check_volume
 
 SKIP_NAMES = {"DICOMDIR"}  # index files that sit beside a series and hold no pixels
@@ -85,16 +87,6 @@ class DicomPatient:
     structures: list[tuple[Path, Dataset]] = field(default_factory=list)
 
 
-def _one_line(exc: Exception) -> str:
-    """A library's error text on one line."""
-    return " ".join(str(exc).split())
-
-
-def _where(path: Path, patient_id: str) -> str:
-    """The prefix of an error message: file and patient."""
-    return f"{path} (patient {patient_id})"
-
-
 def _candidate_files(folder: Path) -> list[Path]:
     """Every visible file under folder (symlinks followed), sorted."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
@@ -113,11 +105,11 @@ def read_header(path: Path) -> Dataset | None:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as exc:
         if path.suffix.lower() == ".dcm":
-            raise SarcomaSegError(f"{path}: not a DICOM file ({_one_line(exc)})") from exc
+            raise SarcomaSegError(f"{path}: not a DICOM file ({one_line(exc)})") from exc
         return None
     except DICOM_ERRORS as exc:
         raise SarcomaSegError(
-            f"{path}: unreadable or truncated DICOM file ({_one_line(exc)})"
+            f"{path}: unreadable or truncated DICOM file ({one_line(exc)})"
         ) from exc
 
 
@@ -150,13 +142,13 @@ def discover(folder: Path) -> tuple[dict[str, DicomPatient], list[Path]]:
             continue
         uid = _text(ds, "SeriesInstanceUID")
         if not uid:
-            raise SarcomaSegError(f"{_where(path, pid)}: no SeriesInstanceUID")
+            raise SarcomaSegError(f"{where_of(path, pid)}: no SeriesInstanceUID")
         key = (pid, uid)
         if key not in series:
             series[key] = Series(uid, modality, pid)
             (patient.ct if modality == "CT" else patient.pet).append(series[key])
         if series[key].modality != modality:
-            raise SarcomaSegError(f"{_where(path, pid)}: series {uid} mixes CT and PET")
+            raise SarcomaSegError(f"{where_of(path, pid)}: series {uid} mixes CT and PET")
         series[key].files.append(path)
         series[key].headers.append(ds)
     return patients, skipped
@@ -191,7 +183,7 @@ def _check_bounds(series: Series) -> None:
     first, pid = series.files[0], series.patient_id
     if len(series.files) > MAX_SLICES:
         raise SarcomaSegError(
-            f"{_where(first, pid)}: {series.modality} series of {len(series.files)} slices, "
+            f"{where_of(first, pid)}: {series.modality} series of {len(series.files)} slices, "
             f"more than the {MAX_SLICES} a volume may have; refusing it before reading"
         )
     shapes = {}
@@ -200,19 +192,19 @@ def _check_bounds(series: Series) -> None:
             shapes[path] = (int(ds.Rows), int(ds.Columns))
         except (AttributeError, TypeError, ValueError) as exc:
             raise SarcomaSegError(
-                f"{_where(path, pid)}: no valid Rows/Columns (a truncated file?)"
+                f"{where_of(path, pid)}: no valid Rows/Columns (a truncated file?)"
             ) from exc
     shape = shapes[first]
     for path, other in shapes.items():
         if other != shape:
             raise SarcomaSegError(
-                f"{_where(path, pid)}: slice size {other} differs from {shape} of "
+                f"{where_of(path, pid)}: slice size {other} differs from {shape} of "
                 f"{first.name} in the same series (mixed slice shapes)"
             )
     voxels = len(series.files) * shape[0] * shape[1]
     if min(shape) < 1 or voxels > MAX_VOXELS:
         raise SarcomaSegError(
-            f"{_where(first, pid)}: headers claim {len(series.files)} slices of {shape}, "
+            f"{where_of(first, pid)}: headers claim {len(series.files)} slices of {shape}, "
             f"{voxels} voxels (at most {MAX_VOXELS}); refusing it before reading"
         )
 
@@ -228,34 +220,36 @@ def grid_of(series: Series) -> Grid:
     _check_bounds(series)
     pid = series.patient_id
     orientations = [
-        _floats(ds, "ImageOrientationPatient", 6, _where(p, pid))
+        _floats(ds, "ImageOrientationPatient", 6, where_of(p, pid))
         for p, ds in zip(series.files, series.headers)
     ]
     first = orientations[0]
     for path, orientation in zip(series.files, orientations):
         if not np.allclose(orientation, first, atol=AXIS_TOL):
-            raise SarcomaSegError(f"{_where(path, pid)}: slice orientation differs from the series")
+            raise SarcomaSegError(
+                f"{where_of(path, pid)}: slice orientation differs from the series"
+            )
         if not _axis_aligned(orientation):
             raise SarcomaSegError(
-                f"{_where(path, pid)}: oblique slices (ImageOrientationPatient "
+                f"{where_of(path, pid)}: oblique slices (ImageOrientationPatient "
                 f"{np.round(orientation, 4).tolist()}); only axis-aligned series are read"
             )
     row_dir, col_dir = first[:3], first[3:]
     normal = np.cross(row_dir, col_dir)
     spacings = [
-        _floats(ds, "PixelSpacing", 2, _where(p, pid))
+        _floats(ds, "PixelSpacing", 2, where_of(p, pid))
         for p, ds in zip(series.files, series.headers)
     ]
     for path, spacing in zip(series.files, spacings):
         if (spacing <= 0).any():
             raise SarcomaSegError(
-                f"{_where(path, pid)}: PixelSpacing {spacing.tolist()} is not > 0"
+                f"{where_of(path, pid)}: PixelSpacing {spacing.tolist()} is not > 0"
             )
         if not np.allclose(spacing, spacings[0], atol=1e-4):
-            raise SarcomaSegError(f"{_where(path, pid)}: PixelSpacing differs from the series")
+            raise SarcomaSegError(f"{where_of(path, pid)}: PixelSpacing differs from the series")
     origins = np.array(
         [
-            _floats(ds, "ImagePositionPatient", 3, _where(p, pid))
+            _floats(ds, "ImagePositionPatient", 3, where_of(p, pid))
             for p, ds in zip(series.files, series.headers)
         ]
     )
@@ -298,14 +292,14 @@ def _check_positions(
     for i, gap in enumerate(gaps):
         if gap < POSITION_TOL_MM:
             raise SarcomaSegError(
-                f"{_where(files[i + 1], pid)}: same slice position {along[i + 1]:.3f} mm as "
+                f"{where_of(files[i + 1], pid)}: same slice position {along[i + 1]:.3f} mm as "
                 f"{files[i].name} (duplicated slice)"
             )
     step = float(np.median(gaps))
     for i, gap in enumerate(gaps):
         if abs(gap - step) > POSITION_TOL_MM + 0.01 * step:
             raise SarcomaSegError(
-                f"{_where(files[i + 1], pid)}: {gap:.3f} mm from {files[i].name}, the series "
+                f"{where_of(files[i + 1], pid)}: {gap:.3f} mm from {files[i].name}, the series "
                 f"steps {step:.3f} mm (missing or unevenly spaced slices)"
             )
     drift = origins - origins[0]
@@ -313,7 +307,7 @@ def _check_positions(
     worst = int(np.argmax(np.linalg.norm(in_plane, axis=1)))
     if np.linalg.norm(in_plane[worst]) > POSITION_TOL_MM:
         raise SarcomaSegError(
-            f"{_where(files[worst], pid)}: slice origins move off the slice normal by "
+            f"{where_of(files[worst], pid)}: slice origins move off the slice normal by "
             f"{np.linalg.norm(in_plane[worst]):.3f} mm (gantry tilt); not read"
         )
 
@@ -328,13 +322,13 @@ def read_pixels(grid: Grid) -> np.ndarray:
             pixels = ds.pixel_array  # decode now, so that a truncated file fails here
         except DICOM_ERRORS as exc:
             raise SarcomaSegError(
-                f"{_where(path, pid)}: unreadable or truncated DICOM pixel data ({_one_line(exc)})"
+                f"{where_of(path, pid)}: unreadable or truncated DICOM pixel data ({one_line(exc)})"
             ) from exc
         if pixels.shape != grid.shape[1:]:
             raise SarcomaSegError(
-                f"{_where(path, pid)}: pixel data of shape {pixels.shape}, not {grid.shape[1:]}"
+                f"{where_of(path, pid)}: pixel data of shape {pixels.shape}, not {grid.shape[1:]}"
             )
-        slope, intercept = _rescale(ds, _where(path, pid))
+        slope, intercept = _rescale(ds, where_of(path, pid))
         planes.append(pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept))
     return np.stack(planes)
 
@@ -383,7 +377,7 @@ def structures_for(
         if uid in series or (not series and frame in frames):
             if frame and frames and frame not in frames:
                 raise SarcomaSegError(
-                    f"{_where(path, pid)}: RTSTRUCT references CT series {uid} but frame of "
+                    f"{where_of(path, pid)}: RTSTRUCT references CT series {uid} but frame of "
                     f"reference {', '.join(sorted(frames))}, not the CT's {frame}"
                 )
             found.append((path, ds))
@@ -393,7 +387,7 @@ def structures_for(
             for p, d in structures
         )
         raise SarcomaSegError(
-            f"{_where(grid.files[0], pid)}: no RTSTRUCT references this CT series {uid} "
+            f"{where_of(grid.files[0], pid)}: no RTSTRUCT references this CT series {uid} "
             f"(frame of reference {frame}){'; ' + named if named else ''}"
         )
     return found
@@ -413,14 +407,14 @@ def choose_roi(
     if len(matches) != 1:
         count = "no ROI matches" if not matches else f"{len(matches)} ROIs match"
         raise SarcomaSegError(
-            f"{_where(structures[0][0], pid)}: {count} data.roi={roi!r}; ROIs found: "
+            f"{where_of(structures[0][0], pid)}: {count} data.roi={roi!r}; ROIs found: "
             f"{', '.join(names) or 'none'}"
         )
     path, ds, number, name = matches[0]
     for item in ds.get("ROIContourSequence", []):
         if str(item.get("ReferencedROINumber")) == str(number):
             return path, item, name
-    raise SarcomaSegError(f"{_where(path, pid)}: ROI {name!r} has no contours")
+    raise SarcomaSegError(f"{where_of(path, pid)}: ROI {name!r} has no contours")
 
 
 def _contour_points(contour: Dataset, where: str) -> np.ndarray | None:
@@ -567,26 +561,26 @@ def read_patient(folder: Path, patient: DicomPatient, roi: str) -> tuple[Volume,
     ct_series = _only(patient.ct, "CT", pid, folder)
     if ct_series is None:
         first = patient.structures[0][0] if patient.structures else patient.pet[0].files[0]
-        raise SarcomaSegError(f"{_where(first, pid)}: no CT series for this patient")
+        raise SarcomaSegError(f"{where_of(first, pid)}: no CT series for this patient")
     ct_grid = grid_of(ct_series)
     structures = structures_for(ct_grid, patient.structures)
     rs_path, contours, _ = choose_roi(structures, roi, pid)
-    mask = rasterise(ct_grid, contours, _where(rs_path, pid))
+    mask = rasterise(ct_grid, contours, where_of(rs_path, pid))
     pet_series = _only(patient.pet, "PET", pid, folder)
     pet_grid = grid_of(pet_series) if pet_series else None
     if pet_grid is not None:
         frame = _text(ct_grid.headers[0], "FrameOfReferenceUID")
         if _text(pet_grid.headers[0], "FrameOfReferenceUID") != frame:
             raise SarcomaSegError(
-                f"{_where(pet_grid.files[0], pid)}: PET frame of reference differs from the CT's "
+                f"{where_of(pet_grid.files[0], pid)}: PET frame of reference differs from the CT's "
                 f"{frame}; cannot place it on the CT"
             )
-        suv_factor(pet_grid.headers[0], _where(pet_grid.files[0], pid))  # refuse before pixels
+        suv_factor(pet_grid.headers[0], where_of(pet_grid.files[0], pid))  # refuse before pixels
     ct, ct_affine = to_canonical(read_pixels(ct_grid), ct_grid.affine)
     raw, _ = to_canonical(mask, ct_grid.affine)
     pet, covered = None, 1.0
     if pet_grid is not None:
-        where = _where(pet_grid.files[0], pid)
+        where = where_of(pet_grid.files[0], pid)
         pet_c, pet_affine = to_canonical(read_pet(pet_grid, where), pet_grid.affine)
         pet, covered = pet_onto_grid(pet_c, pet_affine, where, ct.shape, ct_affine)
     raw = internal_axes(raw)
@@ -734,3 +728,23 @@ def write_rtstruct(grid: Grid, mask: np.ndarray, path: Path) -> Path:
     """build_rtstruct saved as a DICOM file."""
     build_rtstruct(grid, mask).save_as(path, enforce_file_format=True)
     return path
+
+
+def read_dicom_series(folder: Path, pet: Path | None = None) -> Scan:
+    """A folder of CT slices: sorted along the slice normal, rescaled to HU, placed by the
+    DICOM geometry (converted from DICOM's LPS to NIfTI's RAS); the mask goes back as NIfTI
+    and, beside it, as an RTSTRUCT on the input series (RTSTRUCT_NAME)."""
+    grid, hu = read_ct_series(folder)
+    image = nib.Nifti1Image(hu.transpose(2, 1, 0), grid.affine)  # (slices, rows, cols) -> ijk
+    scan = canonical_scan(folder.name, image, pet)
+    save_nifti = scan.save_mask
+
+    def save(mask: np.ndarray, path: Path) -> Path:
+        """The NIfTI mask, and the RTSTRUCT outlining it on the input's slices."""
+        save_nifti(mask, path)
+        own = from_canonical(mask, grid.affine)  # back to the series' own order
+        write_rtstruct(grid, own, path.parent / RTSTRUCT_NAME)
+        return path
+
+    scan.save_mask = save
+    return scan
