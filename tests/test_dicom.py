@@ -165,3 +165,12 @@ def test_several_sources_merge_into_one_store_and_manifest(tmp_path: Path) -> No
     assert np.array_equal(dicom_volume.mask, canonical(reference_mask()))
     again = sources.fetch(data, 0, tmp_path / "raw2")
     assert again["digest"] == manifest["digest"]  # same inputs, same lineage
+
+
+def test_huge_dicom_header_is_refused_before_pixels_are_read(tmp_path: Path) -> None:
+    def huge(k: int, ds: dicom_data.Dataset) -> None:
+        ds.Rows = ds.Columns = 65535  # 6 slices of 65535^2: 25.8 G voxels claimed, 3 KB stored
+
+    write_patient(tmp_path / "in", "P1", per_slice=huge)
+    with pytest.raises(SarcomaSegError, match=r"P1\).*refusing it before reading"):
+        dicom.read_dicom(tmp_path / "in", "GTV")

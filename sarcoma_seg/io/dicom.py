@@ -79,7 +79,7 @@ class Grid:
 
 @dataclass
 class DicomPatient:
-    """One patient's CT series, the RTSTRUCTs in the same folder and PET series."""
+    """One patient's CT series, PET series and RTSTRUCTs, as found in the folder."""
 
     patient_id: str
     ct: list[Series] = field(default_factory=list)
@@ -540,8 +540,7 @@ def suv_factor(ds: Dataset, where: str) -> float:
 
 def read_pet(grid: Grid, where: str) -> np.ndarray:
     """A PET series in body-weight SUV, (slices, rows, cols) in sorted order."""
-    factors = {suv_factor(ds, where) for ds in grid.headers[:1]}
-    return read_pixels(grid) * np.float32(factors.pop())
+    return read_pixels(grid) * np.float32(suv_factor(grid.headers[0], where))
 
 
 # --- the dicom source ----------------------------------------------------------------------
