@@ -23,39 +23,47 @@ from sarcoma_seg import sources
 from sarcoma_seg.io.dicom import read_dicom
 from sarcoma_seg.io.nifti import nifti_inputs, read_nifti
 from sarcoma_seg.io.png import read_slices, slice_inputs
-from sarcoma_seg.volumes import STORE, Volume, load_volumes, raw_patient_ids
+from sarcoma_seg.volumes import Volume, load_volumes, raw_patient_ids
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BOTH = ("ibsi-sts", "ibsi-sts-dicom")
 ROI = "GTV"  # the CT RTSTRUCTs name it GTV_Mass_CT
+Read = tuple[list[Volume], int]  # volumes, bytes of the files read
 
 
-def read_both(data: Path) -> list[Volume]:
+def file_bytes(paths: list[Path]) -> int:
+    """Total size of the files read."""
+    return sum(p.stat().st_size for p in paths)
+
+
+def read_folder(reader: Callable, inputs: Callable, name: str) -> Callable:
+    """A DATA_SETS entry for a reader and its input lister of one folder."""
+    return lambda data: (reader(data / name), file_bytes(inputs(data / name)))
+
+
+def read_dicom_folder(data: Path) -> Read:
+    """The DICOM folder: its volumes and the bytes of the files it read."""
+    volumes, files = read_dicom(data / "ibsi-sts-dicom", ROI)
+    return volumes, file_bytes(files)
+
+
+def read_both(data: Path) -> Read:
     """NIfTI and DICOM folders through data.sources, as the download stage reads and stores them
     (the store is read back so that the figures count the same arrays)."""
     entries = [{"source": "nifti", "path": str(data / BOTH[0])}]
     entries.append({"source": "dicom", "path": str(data / BOTH[1])})
     params = {"source": "synthetic", "roi": ROI, "spacing": None, "sources": entries}
     with tempfile.TemporaryDirectory() as tmp:
-        sources.fetch(params, 0, Path(tmp) / "raw")
-        assert (Path(tmp) / "raw" / STORE).is_file()
-        return load_volumes(Path(tmp) / "raw", raw_patient_ids(Path(tmp) / "raw"))
+        manifest = sources.fetch(params, 0, Path(tmp) / "raw")
+        volumes = load_volumes(Path(tmp) / "raw", raw_patient_ids(Path(tmp) / "raw"))
+    return volumes, sum(f["bytes"] for f in manifest["files"])
 
 
-DATA_SETS: dict[str, tuple[Callable[[Path], list[Volume]], Callable[[Path], list[Path]]]] = {
-    "ibsi-sts": (lambda d: read_nifti(d / "ibsi-sts"), lambda d: nifti_inputs(d / "ibsi-sts")),
-    "sts-slices": (
-        lambda d: read_slices(d / "sts-slices"),
-        lambda d: slice_inputs(d / "sts-slices"),
-    ),
-    "ibsi-sts-dicom": (
-        lambda d: read_dicom(d / "ibsi-sts-dicom", ROI)[0],
-        lambda d: read_dicom(d / "ibsi-sts-dicom", ROI)[1],
-    ),
-    "nifti+dicom": (
-        read_both,
-        lambda d: nifti_inputs(d / BOTH[0]) + read_dicom(d / BOTH[1], ROI)[1],
-    ),
+DATA_SETS: dict[str, Callable[[Path], Read]] = {
+    "ibsi-sts": read_folder(read_nifti, nifti_inputs, "ibsi-sts"),
+    "sts-slices": read_folder(read_slices, slice_inputs, "sts-slices"),
+    "ibsi-sts-dicom": read_dicom_folder,
+    "nifti+dicom": read_both,
 }
 FOLDERS = {"nifti+dicom": BOTH}  # the others read the folder of their own name
 TARGET_S = 30.0  # what a user may wait for a data set to load on a 2-core machine
@@ -70,11 +78,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timed(read: Callable[[Path], list[Volume]], folder: Path) -> tuple[float, list[Volume]]:
-    """Seconds to read a folder, and the volumes."""
+def timed(read: Callable[[Path], Read], data: Path) -> tuple[float, Read]:
+    """Seconds to read a data set, and what it read."""
     start = time.perf_counter()
-    volumes = read(folder)
-    return time.perf_counter() - start, volumes
+    result = read(data)
+    return time.perf_counter() - start, result
 
 
 def array_bytes(volumes: list[Volume]) -> int:
@@ -85,19 +93,18 @@ def array_bytes(volumes: list[Volume]) -> int:
 
 def bench(name: str, data: Path, repeat: int) -> float:
     """Read one data set repeat times, print its figures, return the best seconds."""
-    read, inputs = DATA_SETS[name]
+    read = DATA_SETS[name]
     seconds = []
     for _ in range(repeat):
         volumes = None  # free the previous run's arrays before timing the next
         gc.collect()
-        elapsed, volumes = timed(read, data)
+        elapsed, (volumes, read_bytes) = timed(read, data)
         seconds.append(elapsed)
-    file_bytes = sum(p.stat().st_size for p in inputs(data))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(
         f"{name:14s} patients {len(volumes):3d}  slices {sum(len(v.ct) for v in volumes):5d}  "
         f"voxels {sum(v.ct.size for v in volumes) / 1e6:6.1f} M  "
-        f"files {file_bytes / 1e6:6.1f} MB  arrays {array_bytes(volumes) / 1e6:6.1f} MB  "
+        f"files {read_bytes / 1e6:6.1f} MB  arrays {array_bytes(volumes) / 1e6:6.1f} MB  "
         f"first {seconds[0]:5.2f} s  best of {repeat} {min(seconds):5.2f} s  "
         f"peak RSS {peak_mb:6.0f} MB",
         flush=True,
