@@ -421,8 +421,16 @@ def _contour_points(contour: Dataset, where: str) -> np.ndarray | None:
     """A closed planar contour's points as (n, 3) mm, None for points and open lines."""
     if _text(contour, "ContourGeometricType") not in ("CLOSED_PLANAR", ""):
         return None  # POINT / OPEN_PLANAR outline nothing
+    # parsed from the undecoded bytes when possible: pydicom would turn each of the ~1e5 values
+    # of a real RTSTRUCT into a cached DS object (~40 MB per patient, held with the header)
+    item = contour.get_item("ContourData") if "ContourData" in contour else None
+    raw = item.value if item is not None else []
     try:
-        data = np.array([float(v) for v in contour.get("ContourData", [])], dtype=float)
+        if isinstance(raw, bytes):
+            values = raw.rstrip(b"\0 ").split(b"\\") if raw.strip(b"\0 ") else []
+        else:
+            values = raw if isinstance(raw, list | MultiValue) else [raw]
+        data = np.array([float(v) for v in values], dtype=float)
     except (TypeError, ValueError) as exc:
         raise SarcomaSegError(f"{where}: ContourData is not numeric") from exc
     if data.size % 3 or not np.isfinite(data).all():
