@@ -174,3 +174,10 @@ def test_huge_dicom_header_is_refused_before_pixels_are_read(tmp_path: Path) -> 
     write_patient(tmp_path / "in", "P1", per_slice=huge)
     with pytest.raises(SarcomaSegError, match=r"P1\).*refusing it before reading"):
         dicom.read_dicom(tmp_path / "in", "GTV")
+
+
+def test_pet_in_another_frame_of_reference_is_refused(tmp_path: Path) -> None:
+    ct = write_patient(tmp_path / "in", "P1")
+    write_pet(tmp_path / "in" / "P1" / "PET", "P1", {**ct, "frame": "1.2.3.4"})
+    with pytest.raises(SarcomaSegError, match=r"PT000.dcm \(patient P1\): PET frame of reference"):
+        dicom.read_dicom(tmp_path / "in", "GTV")
