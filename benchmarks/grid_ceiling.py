@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from sarcoma_seg.io.nifti import read_nifti
+from sarcoma_seg.io.png import read_slices
 from sarcoma_seg.metrics import volume_scores
-from sarcoma_seg.readers import read_nifti, read_slices
 from sarcoma_seg.transforms import Preprocessing
 from sarcoma_seg.volumes import Volume
 

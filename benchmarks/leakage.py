@@ -35,9 +35,9 @@ import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentat
 from benchmarks.cross_validation import override  # noqa: E402
 from sarcoma_seg.dataset import SliceSet  # noqa: E402
 from sarcoma_seg.inference import check_inference, segment_volume  # noqa: E402
+from sarcoma_seg.io.png import read_slices, slice_files  # noqa: E402
 from sarcoma_seg.metrics import dice, iou, volume_scores  # noqa: E402
 from sarcoma_seg.model import check_train_params  # noqa: E402
-from sarcoma_seg.readers import read_slices, slice_files  # noqa: E402
 from sarcoma_seg.split import split_patients  # noqa: E402
 from sarcoma_seg.transforms import preprocessing_from_params  # noqa: E402
 from sarcoma_seg.volumes import Volume  # noqa: E402

@@ -44,7 +44,7 @@ MAX_SOURCES = 20  # data.sources entries merged into one run
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding (and so Keras' set_random_seed) takes 32 bits
 
 # registries owned elsewhere, by name (tests check them against the code)
-SOURCE_NAMES = ("synthetic", "kaggle", "hdf5", "nifti", "slices")  # sources.SOURCES
+SOURCE_NAMES = ("synthetic", "kaggle", "hdf5", "nifti", "slices", "dicom")  # sources.SOURCES
 LOSS_NAMES = ("dice_focal", "dice", "focal", "jaccard")  # model.LOSSES
 MONITOR_NAMES = ("val_dice", "val_loss", "last")  # model.MONITORS and "last"
 LR_SCHEDULE_NAMES = ("plateau", "cosine", "constant")  # model.LR_SCHEDULES

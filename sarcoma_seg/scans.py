@@ -2,69 +2,16 @@
 PNG slice) into the internal (slices, rows, cols) layout, and a writer that puts a mask back into
 that scan's own geometry."""
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-import nibabel as nib
-import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-from PIL import Image
-
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.readers import (
-    IMAGE_MODES,
-    NIFTI_ERRORS,
-    canonical_spacing,
-    check_nifti_header,
-    internal_axes,
-    read_pet_onto,
-    read_png,
-)
-from sarcoma_seg.volumes import KAGGLE_SPACING_MM, h5_patient_ids, read_h5_arrays
+from sarcoma_seg.io.common import Scan
+from sarcoma_seg.io.dicom import read_dicom_series
+from sarcoma_seg.io.hdf5 import read_h5_scan
+from sarcoma_seg.io.nifti import read_nifti_scan
+from sarcoma_seg.io.png import read_png_slice
 
-DICOM_SKIP = {"DICOMDIR"}  # index files that sit beside a series and hold no pixels
-
-
-@dataclass
-class Scan:
-    """A CT (and PET on its grid, if given) in the orientation the model was trained in."""
-
-    name: str
-    ct: np.ndarray  # (slices, rows, cols) float32
-    pet: np.ndarray | None
-    spacing: tuple[float, float, float]  # mm along (slices, rows, cols)
-    units: str  # "HU", or "png8" for an 8-bit exported slice
-    save_mask: Callable[[np.ndarray, Path], Path]  # writes a mask in the input's own geometry
-    mask_suffix: str  # file suffix of what save_mask writes
-
-
-def _canonical_scan(name: str, image: nib.Nifti1Image, pet: Path | None) -> Scan:
-    """A scan from a 3D NIfTI image: canonical RAS+ for the model, saved back in its own axes."""
-    try:
-        canonical = nib.as_closest_canonical(image)
-        ct = internal_axes(canonical.get_fdata(dtype=np.float32))
-    except NIFTI_ERRORS as exc:
-        raise SarcomaSegError(f"{name}: unreadable or truncated NIfTI file ({exc})") from exc
-    if not np.isfinite(ct).all():
-        raise SarcomaSegError(f"{name}: CT holds NaN or infinite voxels")
-    pet_array = None
-    if pet is not None:
-        pet_array = internal_axes(read_pet_onto(pet, name, canonical.shape, canonical.affine))
-    to_input = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(image.affine))
-
-    def save(mask: np.ndarray, path: Path) -> Path:
-        """The mask with the input's affine and axis order, as uint8 0/1."""
-        data = apply_orientation(mask.transpose(2, 1, 0), to_input).astype(np.uint8)
-        out = nib.Nifti1Image(data, image.affine)
-        out.set_qform(image.affine, code=1)  # scanner coordinates, as the input's affine
-        out.set_sform(image.affine, code=1)
-        out.header.set_xyzt_units(*image.header.get_xyzt_units())
-        nib.save(out, path)
-        return path
-
-    return Scan(name, ct, pet_array, canonical_spacing(canonical.affine), "HU", save, ".nii.gz")
+__all__ = ["Scan", "read_dicom_series", "read_h5_scan", "read_nifti_scan", "read_png_slice"]
 
 
 def scan_stem(path: Path, patient_id: str | None = None) -> str:
@@ -75,133 +22,6 @@ def scan_stem(path: Path, patient_id: str | None = None) -> str:
             name = name[: -len(suffix)]
             break
     return f"{name}-{patient_id}" if patient_id else name
-
-
-def read_nifti_scan(path: Path, pet: Path | None = None) -> Scan:
-    """A 3D NIfTI CT in HU (and optionally a PET NIfTI, resampled onto it)."""
-    try:
-        image = nib.load(path)
-    except NIFTI_ERRORS as exc:
-        raise SarcomaSegError(f"{path}: unreadable NIfTI file ({exc})") from exc
-    check_nifti_header(image, str(path))  # before any data are read
-    if len(image.shape) == 4 and image.shape[3] == 1:
-        image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
-    if len(image.shape) != 3:
-        raise SarcomaSegError(f"{path}: a CT volume must be 3D, this is {image.shape}")
-    if image.get_data_dtype().kind not in "biuf":
-        raise SarcomaSegError(f"{path}: stored as {image.get_data_dtype()}, not real numbers")
-    return _canonical_scan(str(path), image, pet)
-
-
-def _dicom_files(folder: Path) -> list:
-    """Every DICOM slice of one CT series in a folder, read with pixels, refusing anything else."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    files = [p for p in files if p.name not in DICOM_SKIP]
-    if not files:
-        raise SarcomaSegError(f"{folder}: no DICOM files in the folder")
-    slices = []
-    for path in files:
-        try:
-            ds = pydicom.dcmread(path)
-            pixels = ds.pixel_array  # decode now, so that a truncated file fails here
-        except (InvalidDicomError, AttributeError, ValueError, OSError, EOFError) as exc:
-            raise SarcomaSegError(f"{path}: not a readable DICOM image ({exc})") from exc
-        modality = getattr(ds, "Modality", "CT")
-        if modality != "CT":
-            raise SarcomaSegError(f"{path}: modality {modality}, not CT")
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if tag not in ds:
-                raise SarcomaSegError(f"{path}: no {tag}; cannot place the slice in space")
-        if pixels.ndim != 2:
-            raise SarcomaSegError(f"{path}: pixel data of shape {pixels.shape}, not one slice")
-        slices.append((path, ds, pixels))
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds, _ in slices}
-    if len(series) > 1:
-        raise SarcomaSegError(f"{folder}: {len(series)} DICOM series in one folder; give one")
-    return slices
-
-
-def read_dicom_series(folder: Path, pet: Path | None = None) -> Scan:
-    """A folder of CT slices: sorted along the slice normal, rescaled to HU, placed by the
-    DICOM geometry (converted from DICOM's LPS to NIfTI's RAS)."""
-    slices = _dicom_files(folder)
-    first = slices[0][1]
-    orientation = np.array(first.ImageOrientationPatient, dtype=float)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    shape = slices[0][2].shape
-    for path, ds, pixels in slices:
-        if pixels.shape != shape:
-            raise SarcomaSegError(f"{path}: slice size {pixels.shape} differs from {shape}")
-        if not np.allclose(
-            np.array(ds.ImageOrientationPatient, dtype=float), orientation, atol=1e-4
-        ):
-            raise SarcomaSegError(f"{path}: slice orientation differs from the series")
-    along = np.array(
-        [np.dot(np.array(ds.ImagePositionPatient, float), normal) for _, ds, _ in slices]
-    )
-    order = np.argsort(along, kind="stable")
-    slices, positions = [slices[i] for i in order], along[order]
-    gaps = np.diff(positions)
-    if len(slices) > 1 and (gaps <= 0).any():
-        where = slices[int(np.argmin(gaps)) + 1][0]
-        raise SarcomaSegError(f"{where}: two slices at the same position")
-    step = float(np.median(gaps)) if len(gaps) else float(getattr(first, "SliceThickness", 1.0))
-    hu = np.stack(
-        [
-            px.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1))
-            + float(getattr(ds, "RescaleIntercept", 0))
-            for _, ds, px in slices
-        ]
-    )
-    row_mm, col_mm = (float(v) for v in first.PixelSpacing)  # DICOM: row spacing, column spacing
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_mm  # i runs along a row, i.e. across columns
-    lps[:3, 1] = col_dir * row_mm  # j runs down the columns
-    lps[:3, 2] = normal * step
-    lps[:3, 3] = np.array(slices[0][1].ImagePositionPatient, dtype=float)
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
-    image = nib.Nifti1Image(hu.transpose(2, 1, 0), affine)  # (slices, rows, cols) -> (i, j, k)
-    return _canonical_scan(folder.name, image, pet)
-
-
-def read_h5_scan(path: Path, patient_id: str | None) -> Scan:
-    """One patient's CT (and PET) from a Kaggle-schema HDF5 file; the mask goes back to HDF5."""
-    if not patient_id:
-        raise SarcomaSegError(f"{path}: an HDF5 input needs --patient (one of its patient ids)")
-    ids = h5_patient_ids(path)
-    if patient_id not in ids:
-        raise SarcomaSegError(f"{path}: patient {patient_id} not found; it holds {', '.join(ids)}")
-    arrays = read_h5_arrays(path, patient_id, ("ct_data", "pet_data"))  # no label needed
-    ct, pet = arrays["ct_data"], arrays.get("pet_data")
-    if ct.ndim != 3:
-        raise SarcomaSegError(f"{path}: patient {patient_id} CT has shape {ct.shape}, not 3D")
-    if not np.isfinite(ct).all():
-        raise SarcomaSegError(f"{path}: patient {patient_id} CT holds NaN or infinite voxels")
-
-    def save(mask: np.ndarray, out: Path) -> Path:
-        """The mask as label_data/<patient> of a Kaggle-schema HDF5 file, on the CT's grid."""
-        with h5py.File(out, "w") as h5:
-            h5.create_dataset(f"label_data/{patient_id}", data=mask.astype(np.uint8))
-        return out
-
-    return Scan(f"{path.stem}-{patient_id}", ct, pet, KAGGLE_SPACING_MM, "HU", save, ".h5")
-
-
-def read_png_slice(path: Path) -> Scan:
-    """One 8-bit grayscale CT slice exported as PNG; the mask is a PNG of the same size."""
-    array = read_png(path, path.stem, IMAGE_MODES)  # 8-bit grayscale, as the exported set
-
-    def save(mask: np.ndarray, out: Path) -> Path:
-        """0 background / 1 tumour, as the exported data set's masks."""
-        Image.fromarray(mask[0].astype(np.uint8)).save(out)
-        return out
-
-    ct = array[None].astype(np.float32)
-    return Scan(path.stem, ct, None, KAGGLE_SPACING_MM, "png8", save, ".png")
 
 
 def read_scan(path: Path, patient_id: str | None = None, pet: Path | None = None) -> Scan:

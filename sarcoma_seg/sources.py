@@ -9,14 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sarcoma_seg import __version__, config, kaggle_source, phantom, readers
+from sarcoma_seg import __version__, config, kaggle_source, phantom
 from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.io import dicom, nifti, png
+from sarcoma_seg.io.hdf5 import find_kaggle_h5, read_kaggle_h5
 from sarcoma_seg.volumes import (
     STORE,
     Volume,
     check_distinct_patients,
-    find_kaggle_h5,
-    read_kaggle_h5,
     resample,
     suspect_warnings,
     write_store,
@@ -70,13 +70,20 @@ def load_hdf5(staging: Path, data_params: dict, seed: int) -> Loaded:
 def load_nifti(staging: Path, data_params: dict, seed: int) -> Loaded:
     """SOURCES entry: a folder of NIfTI volumes (per-patient folders or nnU-Net / MSD layout)."""
     path = local_path(data_params, "folder")
-    return readers.read_nifti(path), path, readers.nifti_inputs(path)
+    return nifti.read_nifti(path), path, nifti.nifti_inputs(path)
 
 
 def load_slices(staging: Path, data_params: dict, seed: int) -> Loaded:
     """SOURCES entry: folders of exported PNG image / mask slices, pooled and grouped by patient."""
     path = local_path(data_params, "folder")
-    return readers.read_slices(path), path, readers.slice_inputs(path)
+    return png.read_slices(path), path, png.slice_inputs(path)
+
+
+def load_dicom(staging: Path, data_params: dict, seed: int) -> Loaded:
+    """SOURCES entry: a folder of DICOM CT series + RTSTRUCT (+ PET), in any layout."""
+    path = local_path(data_params, "folder")
+    volumes, files = dicom.read_dicom(path, str(data_params.get("roi") or ""))
+    return volumes, path, files
 
 
 SOURCES: dict[str, Source] = {
@@ -85,6 +92,7 @@ SOURCES: dict[str, Source] = {
     "hdf5": load_hdf5,
     "nifti": load_nifti,
     "slices": load_slices,
+    "dicom": load_dicom,
 }
 
 
@@ -192,27 +200,113 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def source_entries(data_params: dict) -> list[dict]:
+    """The data sections of each source to read: data.sources entries (each a copy of data with
+    its own source and path), or data itself when data.sources is null."""
+    entries = data_params.get("sources")
+    if not entries:
+        return [data_params]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise SarcomaSegError("data.sources must be a list of {source, path} mappings")
+    return [{**data_params, "source": e.get("source"), "path": e.get("path")} for e in entries]
+
+
+def _label(index: int, entry: dict) -> str:
+    """How an error names one entry of data.sources."""
+    return f"data.sources[{index}] ({entry['source']} {entry.get('path') or ''})".replace(" )", ")")
+
+
+def refuse_shared_patients(parts: list[tuple[dict, Loaded]]) -> None:
+    """A patient id read from two sources is refused, naming both."""
+    seen: dict[str, str] = {}
+    for index, (entry, (volumes, _, _)) in enumerate(parts):
+        label = _label(index, entry)
+        for volume in volumes:
+            if volume.patient_id in seen:
+                raise SarcomaSegError(
+                    f"patient {volume.patient_id} is in both {seen[volume.patient_id]} and {label}"
+                )
+            seen[volume.patient_id] = label
+
+
+def merge_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """One manifest for several sources: files prefixed by <index>-<source>/, one digest over
+    all, the patients of all, and each source's own dataset, version and digest."""
+    files = [
+        {**f, "name": f"{i}-{m['source']}/{f['name']}"}
+        for i, m in enumerate(manifests)
+        for f in m["files"]
+    ]
+    return {
+        "source": "+".join(m["source"] for m in manifests),
+        "dataset": "+".join(str(m["dataset"]) for m in manifests),
+        "version": [m["version"] for m in manifests],
+        "files": files,
+        "digest": files_digest(files),
+        "patients": [p for m in manifests for p in m["patients"]],
+        "resampled_to_mm": manifests[0]["resampled_to_mm"],
+        "warnings": [w for m in manifests for w in m["warnings"]],
+        "sources": [
+            {
+                k: m[k] if k != "patients" else [p["id"] for p in m[k]]
+                for k in ("source", "dataset", "version", "digest", "patients")
+            }
+            for m in manifests
+        ],
+    }
+
+
+def source_names(entries: list[dict]) -> list[str]:
+    """Each entry's source, checked against the registry."""
+    return [
+        choice(
+            "data.source" if len(entries) == 1 else f"data.sources[{index}].source",
+            entry.get("source"),
+            SOURCES,
+        )
+        for index, entry in enumerate(entries)
+    ]
+
+
+def _read_sources(entries: list[dict], seed: int, tmp: Path) -> list[tuple[dict, Loaded]]:
+    """Every source read and validated; several get a staging folder each (<index>-<source>)."""
+    parts = []
+    for index, (entry, name) in enumerate(zip(entries, source_names(entries))):
+        staging = tmp if len(entries) == 1 else tmp / f"{index}-{name}"
+        staging.mkdir(exist_ok=True)
+        loaded = SOURCES[name](staging, entry, seed)  # reads and validates every input
+        if not loaded[0]:
+            raise SarcomaSegError(f"data.source={name!r}: no patients found")
+        parts.append((entry, loaded))
+    refuse_shared_patients(parts)
+    return parts
+
+
 def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Fetch data.source into out_dir with a manifest.json, replacing out_dir only on success."""
+    """Fetch data.source (or every entry of data.sources, merged) into out_dir with a
+    manifest.json, replacing out_dir only on success."""
     if not isinstance(data_params, dict):
         raise SarcomaSegError("params.yaml: section data must be a mapping")
-    source = choice("data.source", data_params.get("source"), SOURCES)
+    entries = source_entries(data_params)
+    source_names(entries)  # before anything is created
     spacing = check_spacing(data_params.get("spacing"))
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; it becomes the ordinary data/raw
-        loaded = SOURCES[source](tmp, data_params, seed)  # reads and validates every input
-        volumes = loaded[0]
-        if not volumes:
-            raise SarcomaSegError(f"data.source={source!r}: no patients found")
+        parts = _read_sources(entries, seed, tmp)
+        volumes = [v for _, loaded in parts for v in loaded[0]]
         check_distinct_patients(volumes)
-        warnings = [w for v in volumes for w in suspect_warnings(v)]
+        manifests = []
+        for entry, loaded in parts:
+            found = [w for v in loaded[0] for w in suspect_warnings(v)]
+            manifests.append(build_manifest(entry["source"], entry, seed, loaded, spacing, found))
+        manifest = manifests[0] if len(manifests) == 1 else merge_manifests(manifests)
+        warnings = manifest["warnings"]
         if spacing:
             volumes = [resample(v, spacing) for v in volumes]
         write_store(tmp / STORE, volumes)
-        manifest = build_manifest(source, data_params, seed, loaded, spacing, warnings)
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         (tmp / MANIFEST_NAME).write_text(text)
         replace_dir(tmp, out_dir)

@@ -52,7 +52,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(2.5, 0.8, 0.7)) ->
     """hu (slices, rows, cols) as an axial CT series: stored values = HU + 1024 (slope 1,
     intercept -1024), files named in shuffled order so that sorting must use the positions."""
     folder.mkdir(parents=True, exist_ok=True)
-    series, study = generate_uid(), generate_uid()
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
     names = np.random.default_rng(0).permutation(len(hu))
     paths = []
     for k, plane in enumerate(hu):
@@ -64,7 +64,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(2.5, 0.8, 0.7)) ->
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series, study
-        ds.PatientID = "TEST"
+        ds.PatientID, ds.FrameOfReferenceUID = "TEST", frame
         ds.ImagePositionPatient = [-20.0, -15.0, 100.0 + k * spacing[0]]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [spacing[1], spacing[2]]  # row spacing, column spacing
@@ -280,3 +280,46 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing(
     assert code == 1 and len(lines) == 1 and expected in lines[0], stderr
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out-*"))  # no staging folder left behind
+
+
+def test_predict_dicom_writes_an_rtstruct_that_reads_back_to_the_mask(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from sarcoma_seg.io import dicom
+
+    hu = phantom_hu()
+    paths = write_dicom_series(tmp_path / "series", hu)
+    out = tmp_path / "out"
+    code, _, stderr = run_predict(
+        [str(tmp_path / "series"), "--model", str(model_dir), "--out", str(out)], capsys
+    )
+    assert code == 0, stderr
+    assert {"mask.nii.gz", dicom.RTSTRUCT_NAME} <= {p.name for p in out.iterdir()}
+    first = pydicom.dcmread(paths[0])
+    grid, _ = dicom.read_ct_series(tmp_path / "series")
+    nifti = np.asarray(nib.load(out / "mask.nii.gz").dataobj).transpose(2, 1, 0)
+    for rtstruct, expected in [
+        (out / dicom.RTSTRUCT_NAME, nifti),  # whatever the untrained model found
+        (None, (hu > 100).astype(np.uint8)),  # a known mask of the bright block
+    ]:
+        if rtstruct is None:
+            scan = read_dicom_series(tmp_path / "series")
+            scan.save_mask((scan.ct > 100).astype(np.uint8), tmp_path / "m.nii.gz")
+            rtstruct = tmp_path / dicom.RTSTRUCT_NAME
+        ds = pydicom.dcmread(rtstruct)
+        assert ds.StudyInstanceUID == first.StudyInstanceUID
+        frame = ds.ReferencedFrameOfReferenceSequence[0]
+        assert frame.FrameOfReferenceUID == first.FrameOfReferenceUID
+        series = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+        assert series.SeriesInstanceUID == first.SeriesInstanceUID
+        _, contours, _ = dicom.choose_roi([(rtstruct, ds)], "GTV", "TEST")
+        back = dicom.rasterise(grid, contours, str(rtstruct))
+        # the grid sorts slices by position, as write_dicom_series numbers them (k)
+        overlap = 2 * float((back & expected).sum())
+        assert overlap >= 0.99 * float(back.sum() + expected.sum())  # Dice >= 0.99
+        assert np.array_equal(back, expected)
+        images = {
+            c.ContourImageSequence[0].ReferencedSOPInstanceUID
+            for c in contours.get("ContourSequence", [])
+        }
+        assert images <= {h.SOPInstanceUID for h in grid.headers}

@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.readers import (
-    nifti_inputs,
-    read_nifti,
-    read_slices,
-    slice_indices,
-    slice_inputs,
-)
+from sarcoma_seg.io.nifti import nifti_inputs, read_nifti
+from sarcoma_seg.io.png import read_slices, slice_indices, slice_inputs
 
 SHAPE = (20, 18, 6)  # (x, y, z) as stored, RAS
 SPACING = (2.0, 1.5, 4.0)  # mm along x, y, z
@@ -536,7 +531,7 @@ def test_axis_aligned_resampling_matches_scipy_affine_transform(
 ) -> None:
     from scipy import ndimage
 
-    from sarcoma_seg.readers import _resample_axis_aligned
+    from sarcoma_seg.io.grid import _resample_axis_aligned
 
     src = np.asfortranarray(np.random.default_rng(0).random(src_shape, dtype=np.float32))
     to_src = np.eye(4)
@@ -553,12 +548,12 @@ def test_axis_aligned_resampling_matches_scipy_affine_transform(
 def test_pet_already_on_the_ct_grid_is_kept_as_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sarcoma_seg.readers as readers
+    from sarcoma_seg.io import grid
 
     def no_interpolation(*args: object) -> None:
         raise AssertionError("an axis both grids share was interpolated")
 
-    monkeypatch.setattr(readers, "_linear_along", no_interpolation)
+    monkeypatch.setattr(grid, "_linear_along", no_interpolation)
     folder = ibsi_patient(tmp_path, "STS_001")
     pet = np.random.default_rng(2).random(SHAPE, dtype=np.float32) * 8
     save(folder / "PET_image.nii.gz", pet, ras_affine())

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.io.hdf5 import read_kaggle_h5
 from sarcoma_seg.volumes import (
     KAGGLE_H5,
     Volume,
     load_volumes,
     raw_patient_ids,
-    read_kaggle_h5,
     resample,
     write_store,
 )

@@ -1,0 +1,321 @@
+"""NIfTI: the nifti source (per-patient IBSI folders or nnU-Net / MSD layout) and predict's
+NIfTI reader and mask writer.
+
+Every reader validates the whole input before it returns anything; each problem is one
+SarcomaSegError line naming the file and the patient.
+
+NIfTI arrays come out as (slices, rows, cols) of the RAS+ canonical grid: slices run inferior
+to superior, rows posterior to anterior, cols patient-left to patient-right. (Shown with
+matplotlib's imshow, anterior is at the bottom and the patient's left on the left: not the
+radiological view; flip rows and cols for display.)
+"""
+
+import json
+import re
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.io.common import (
+    Scan,
+    check_labels,
+    one_line,
+    require_folder,
+    visible_entries,
+    where_of,
+)
+from sarcoma_seg.io.grid import canonical_spacing, check_same_grid, internal_axes, pet_onto_grid
+from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, PET_COVERAGE_WARN, Volume, check_volume
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IBSI_CT, IBSI_MASK, IBSI_PET = "CT_image", "CT_mask", "PET_image"  # PET_mask is not used
+NNUNET_IMAGES, NNUNET_LABELS, NNUNET_JSON = "imagesTr", "labelsTr", "dataset.json"
+CHANNEL_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net: <case>_0000
+NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
+
+
+@dataclass(frozen=True)
+class NiftiCase:
+    """The files of one patient in a NIfTI folder."""
+
+    patient_id: str
+    ct: Path
+    mask: Path
+    pet: Path | None
+
+
+def _nifti_stem(path: Path) -> str | None:
+    """The name of a NIfTI file without .nii/.nii.gz, or None for other files."""
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix) and path.is_file():
+            return path.name[: -len(suffix)]
+    return None
+
+
+def _one_nifti(folder: Path, stem: str, patient_id: str) -> Path | None:
+    """folder/stem.nii.gz or folder/stem.nii, refusing both at once."""
+    found = [folder / f"{stem}{s}" for s in NIFTI_SUFFIXES if (folder / f"{stem}{s}").is_file()]
+    if len(found) > 1:
+        raise SarcomaSegError(f"{where_of(found[0], patient_id)}: duplicated by {found[1].name}")
+    return found[0] if found else None
+
+
+def _ibsi_cases(folder: Path) -> list[NiftiCase]:
+    """Layout (a): <PATIENT>/CT_image.nii.gz + CT_mask.nii.gz (+ PET_image.nii.gz)."""
+    cases = []
+    for sub in (p for p in visible_entries(folder) if p.is_dir()):
+        pid = sub.name
+        ct, mask, pet = (_one_nifti(sub, stem, pid) for stem in (IBSI_CT, IBSI_MASK, IBSI_PET))
+        if ct is None and mask is None and pet is None:
+            continue  # not a patient folder (e.g. imagesTr of the other layout)
+        if ct is None:
+            raise SarcomaSegError(f"{where_of(mask or pet, pid)}: no {IBSI_CT}.nii.gz beside it")
+        if mask is None:
+            raise SarcomaSegError(f"{where_of(ct, pid)}: no {IBSI_MASK}.nii.gz beside it")
+        cases.append(NiftiCase(pid, ct, mask, pet))
+    return cases
+
+
+def _pet_channel(path: Path) -> int | None:
+    """The nnU-Net channel named PET in dataset.json (channel_names, or MSD's modality)."""
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        names = meta.get("channel_names") or meta.get("modality") or {}
+        pet = [int(k) for k, name in names.items() if str(name).upper() == "PET"]
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SarcomaSegError(
+            f"{path}: not a readable nnU-Net dataset.json ({one_line(exc)})"
+        ) from exc
+    return pet[0] if pet and pet[0] != 0 else None
+
+
+def _nnunet_files(folder: Path, with_channel: bool) -> dict[str, dict[int, Path]]:
+    """case -> channel -> file in imagesTr (with_channel) or labelsTr (channel 0)."""
+    found: dict[str, dict[int, Path]] = defaultdict(dict)
+    for path in visible_entries(folder):
+        stem = _nifti_stem(path)
+        if stem is None:
+            continue  # not a NIfTI file: notes and the like do not feed the reader
+        match = CHANNEL_NAME.fullmatch(stem) if with_channel else None
+        # MSD images carry no _0000 suffix: a bare <case>.nii.gz is channel 0
+        case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        if channel in found[case]:
+            raise SarcomaSegError(f"{where_of(path, case)}: duplicates {found[case][channel]}")
+        found[case][channel] = path
+    return found
+
+
+def _nnunet_cases(folder: Path) -> list[NiftiCase]:
+    """Layout (b): imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz; <case> is the patient."""
+    images_dir, labels_dir = folder / NNUNET_IMAGES, folder / NNUNET_LABELS
+    if not images_dir.is_dir() and not labels_dir.is_dir():
+        return []
+    for present, absent in ((images_dir, labels_dir), (labels_dir, images_dir)):
+        if not absent.is_dir():
+            raise SarcomaSegError(f"{present}: no {absent.name} folder beside it")
+    images, labels = _nnunet_files(images_dir, True), _nnunet_files(labels_dir, False)
+    pet_channel = _pet_channel(folder / NNUNET_JSON)
+    for case in sorted(set(images) | set(labels)):
+        if case not in labels:
+            first = next(iter(images[case].values()))
+            raise SarcomaSegError(
+                f"{where_of(first, case)}: no label {case}.nii.gz in {labels_dir}"
+            )
+        if case not in images:
+            raise SarcomaSegError(f"{where_of(labels[case][0], case)}: no image in {images_dir}")
+        if 0 not in images[case]:
+            first = next(iter(images[case].values()))
+            raise SarcomaSegError(f"{where_of(first, case)}: no channel 0 image {case}_0000.nii.gz")
+    return [
+        NiftiCase(case, images[case][0], labels[case][0], images[case].get(pet_channel))
+        for case in sorted(images)
+    ]
+
+
+def _refuse_duplicate_patients(cases: list[NiftiCase]) -> None:
+    """The same patient id twice (e.g. in both layouts) is refused, naming both files."""
+    seen: dict[str, Path] = {}
+    for case in cases:
+        if case.patient_id in seen:
+            raise SarcomaSegError(
+                f"{where_of(case.ct, case.patient_id)}: patient also in {seen[case.patient_id]}"
+            )
+        seen[case.patient_id] = case.ct
+
+
+def _nifti_cases(folder: Path) -> list[NiftiCase]:
+    """All patients of a NIfTI folder in either layout (both may be present), by patient id."""
+    folder = require_folder(folder)
+    cases = _ibsi_cases(folder) + _nnunet_cases(folder)
+    if not cases:
+        raise SarcomaSegError(
+            f"{folder}: no recognised NIfTI layout (expected <PATIENT>/{IBSI_CT}.nii.gz + "
+            f"{IBSI_MASK}.nii.gz, or {NNUNET_IMAGES}/<case>_0000.nii.gz + "
+            f"{NNUNET_LABELS}/<case>.nii.gz)"
+        )
+    _refuse_duplicate_patients(cases)
+    return sorted(cases, key=lambda c: c.patient_id)
+
+
+def nifti_inputs(folder: Path) -> list[Path]:
+    """The files read_nifti reads (CT, mask, PET, nnU-Net dataset.json), sorted."""
+    cases = _nifti_cases(folder)
+    paths = {p for c in cases for p in (c.ct, c.mask, c.pet) if p is not None}
+    meta = Path(folder) / NNUNET_JSON
+    if (Path(folder) / NNUNET_IMAGES).is_dir() and meta.is_file():
+        paths.add(meta)  # it decides which channel is PET
+    return sorted(paths)
+
+
+def check_nifti_header(image: nib.Nifti1Image, where: str) -> None:
+    """Refuse, from the header alone, a NIfTI whose data would be empty or too large to
+    allocate, or whose affine cannot place voxels in space."""
+    shape = tuple(int(n) for n in image.shape)
+    if 0 in shape:
+        raise SarcomaSegError(f"{where}: an axis of length 0, shape {shape}")
+    voxels = int(np.prod(shape, dtype=object))  # Python ints: a hostile header cannot overflow
+    if voxels > MAX_VOXELS:
+        raise SarcomaSegError(
+            f"{where}: header claims shape {shape}, {voxels} voxels, more than the "
+            f"{MAX_VOXELS} a volume may have; refusing it before reading"
+        )
+    affine = np.asarray(image.affine, dtype=float)
+    if not np.isfinite(affine).all():
+        raise SarcomaSegError(f"{where}: affine holds NaN or infinite values")
+    # a voxel must have a volume: a zero or singular affine cannot place voxels in space (nibabel
+    # fails on it with an OrientationError); 1e-6 mm3 is far below any scanner's voxel
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise SarcomaSegError(
+            f"{where}: affine is singular (voxel axes {np.round(affine[:3, :3], 4).tolist()} "
+            "span no volume); cannot place the voxels in space"
+        )
+    axial = np.flatnonzero(io_orientation(affine)[:, 0] == 2)  # the voxel axis closest to S
+    slices = shape[int(axial[0])] if len(axial) and axial[0] < len(shape) else 0
+    if slices > MAX_SLICES:
+        raise SarcomaSegError(
+            f"{where}: header claims {slices} slices, more than the {MAX_SLICES} a volume may "
+            "have; refusing it before reading"
+        )
+
+
+def _load_canonical(path: Path, patient_id: str, labels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) of a 3D NIfTI file reoriented to RAS+; float32, or raw dtype for labels."""
+    try:
+        image = nib.load(path, mmap=False)  # data are copied anyway; no map keeps the file open
+        check_nifti_header(image, where_of(path, patient_id))  # before any data are read
+        if len(image.shape) == 4 and image.shape[3] == 1:
+            image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
+        if len(image.shape) != 3:
+            raise SarcomaSegError(f"{where_of(path, patient_id)}: not 3D, shape {image.shape}")
+        if image.get_data_dtype().kind not in "biuf":  # complex or RGB would be cast silently
+            raise SarcomaSegError(
+                f"{where_of(path, patient_id)}: stored as {image.get_data_dtype()}, "
+                "not real numbers"
+            )
+        image = nib.as_closest_canonical(image)  # every patient on the same axis order/signs
+        # labels keep their stored values (scaled if the header says so) so that non-integer
+        # or negative labels can be refused; images are float32 with scl_slope/inter applied
+        data = np.asanyarray(image.dataobj) if labels else image.get_fdata(dtype=np.float32)
+    except SarcomaSegError:
+        raise  # already names the file; it is a ValueError, so it must not be caught below
+    except NIFTI_ERRORS as exc:
+        raise SarcomaSegError(
+            f"{where_of(path, patient_id)}: unreadable or truncated NIfTI file ({one_line(exc)})"
+        ) from exc
+    return np.asarray(data), image.affine
+
+
+def pet_coverage(path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray):
+    """(PET resampled onto the canonical CT grid, share of CT voxels the PET covers)."""
+    pet, pet_affine = _load_canonical(path, patient_id, labels=False)
+    return pet_onto_grid(pet, pet_affine, where_of(path, patient_id), ct_shape, ct_affine)
+
+
+def read_pet_onto(
+    path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray
+) -> np.ndarray:
+    """A PET image resampled onto the (canonical) CT grid, refused if it covers too little."""
+    return pet_coverage(path, patient_id, ct_shape, ct_affine)[0]
+
+
+def _read_case(folder: Path, case: NiftiCase) -> Volume:
+    """One NIfTI patient as a validated Volume."""
+    pid = case.patient_id
+    ct, ct_affine = _load_canonical(case.ct, pid, labels=False)
+    raw, mask_affine = _load_canonical(case.mask, pid, labels=True)
+    check_same_grid((ct, ct_affine), (raw, mask_affine), where_of(case.mask, pid))
+    check_labels(raw, where_of(case.mask, pid))
+    pet, covered = pet_coverage(case.pet, pid, ct.shape, ct_affine) if case.pet else (None, 1.0)
+    raw = internal_axes(raw)
+    provenance = f"{folder.resolve().name}/{case.ct.relative_to(folder).as_posix()}"
+    volume = Volume(
+        pid,
+        internal_axes(ct),
+        raw > 0,  # any label > 0 is tumour
+        internal_axes(pet) if pet is not None else None,
+        canonical_spacing(ct_affine),
+        provenance,
+    )
+    if covered < PET_COVERAGE_WARN:
+        volume.warnings.append(f"PET covers only {covered:.1%} of the CT grid")
+    check_volume(volume, raw)
+    volume.mask = volume.mask.astype(np.uint8)
+    return volume
+
+
+def read_nifti(folder: Path) -> list[Volume]:
+    """Every patient of a NIfTI folder (per-patient or nnU-Net layout), by patient id."""
+    folder = Path(folder)
+    return [_read_case(folder, case) for case in _nifti_cases(folder)]
+
+
+def canonical_scan(name: str, image: nib.Nifti1Image, pet: Path | None) -> Scan:
+    """A scan from a 3D NIfTI image: canonical RAS+ for the model, saved back in its own axes."""
+    try:
+        canonical = nib.as_closest_canonical(image)
+        ct = internal_axes(canonical.get_fdata(dtype=np.float32))
+    except NIFTI_ERRORS as exc:
+        raise SarcomaSegError(f"{name}: unreadable or truncated NIfTI file ({exc})") from exc
+    if not np.isfinite(ct).all():
+        raise SarcomaSegError(f"{name}: CT holds NaN or infinite voxels")
+    pet_array = None
+    if pet is not None:
+        pet_array = internal_axes(read_pet_onto(pet, name, canonical.shape, canonical.affine))
+    to_input = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(image.affine))
+
+    def save(mask: np.ndarray, path: Path) -> Path:
+        """The mask with the input's affine and axis order, as uint8 0/1."""
+        data = apply_orientation(mask.transpose(2, 1, 0), to_input).astype(np.uint8)
+        out = nib.Nifti1Image(data, image.affine)
+        out.set_qform(image.affine, code=1)  # scanner coordinates, as the input's affine
+        out.set_sform(image.affine, code=1)
+        out.header.set_xyzt_units(*image.header.get_xyzt_units())
+        nib.save(out, path)
+        return path
+
+    return Scan(name, ct, pet_array, canonical_spacing(canonical.affine), "HU", save, ".nii.gz")
+
+
+def read_nifti_scan(path: Path, pet: Path | None = None) -> Scan:
+    """A 3D NIfTI CT in HU (and optionally a PET NIfTI, resampled onto it)."""
+    try:
+        image = nib.load(path)
+    except NIFTI_ERRORS as exc:
+        raise SarcomaSegError(f"{path}: unreadable NIfTI file ({exc})") from exc
+    check_nifti_header(image, str(path))  # before any data are read
+    if len(image.shape) == 4 and image.shape[3] == 1:
+        image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
+    if len(image.shape) != 3:
+        raise SarcomaSegError(f"{path}: a CT volume must be 3D, this is {image.shape}")
+    if image.get_data_dtype().kind not in "biuf":
+        raise SarcomaSegError(f"{path}: stored as {image.get_data_dtype()}, not real numbers")
+    return canonical_scan(str(path), image, pet)
