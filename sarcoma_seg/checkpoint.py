@@ -142,14 +142,23 @@ def open_checkpoint(root: Path, key: str) -> Checkpoint:
     return Checkpoint(folder, lock)
 
 
+def _random_parts(augment: Any) -> list[Any]:
+    """The albumentations pipeline and every transform in it, depth first: Compose(seed=) gives
+    each its own generators (seeded alike), so each one's state is kept."""
+    parts = [augment]
+    for child in getattr(augment, "transforms", []):
+        parts += _random_parts(child)
+    return parts
+
+
 def sequence_state(batches: Any) -> dict[str, Any]:
-    """Every random state of a training batch sequence: its batch-order generator and its
-    albumentations pipeline's generators (shared by all its transforms)."""
-    augment = batches.augment
+    """Every random state of a training batch sequence: its batch-order generator and the
+    NumPy and Python generators of its augmentation pipeline and of each transform."""
+    parts = _random_parts(batches.augment)
     return {
         "rng": batches.rng.bit_generator.state,
-        "augment_rng": augment.random_generator.bit_generator.state,
-        "augment_py": _py_state(augment.py_random),
+        "augment_rng": [p.random_generator.bit_generator.state for p in parts],
+        "augment_py": [_py_state(p.py_random) for p in parts],
     }
 
 
@@ -157,9 +166,13 @@ def restore_sequence(batches: Any, state: dict[str, Any], order: np.ndarray) -> 
     """Put a batch sequence back where the checkpointed epoch left it, then move it to the next
     epoch as Keras would have."""
     batches.rng.bit_generator.state = state["rng"]
-    batches.augment.random_generator.bit_generator.state = state["augment_rng"]
-    version, internal, gauss = state["augment_py"]
-    batches.augment.py_random.setstate((version, tuple(internal), gauss))
+    parts = _random_parts(batches.augment)
+    for part, numpy_state, py_state in zip(
+        parts, state["augment_rng"], state["augment_py"], strict=True
+    ):
+        part.random_generator.bit_generator.state = numpy_state
+        version, internal, gauss = py_state
+        part.py_random.setstate((version, tuple(internal), gauss))
     batches.order = np.array(order)
     batches.on_epoch_end()
 
