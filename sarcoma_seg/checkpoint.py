@@ -226,7 +226,10 @@ def epoch_checkpoint(
             restore_callbacks(others, resume["callbacks"])
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            for k, v in (logs or {}).items():
+            logs = dict(logs or {})
+            # the rate the epoch ran at, as the logger logs it, so a resumed run can backfill it
+            logs.setdefault("lr", tf.keras.backend.get_value(self.model.optimizer.learning_rate))
+            for k, v in logs.items():
                 self.history.setdefault(k, []).append(float(v))
             meta = {
                 "member": member,

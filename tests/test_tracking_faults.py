@@ -4,6 +4,7 @@ an unreachable server at the start, an outage from epoch 2 to past the stage's e
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,7 +151,9 @@ def test_outage_from_epoch_2_past_the_end_then_rerun_finishes_the_logging(
     assert proc.returncode == 1, out + err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err
-    assert "tracking server not reachable" in lines[0] and "epoch(s) 2, 3" in lines[0], lines
+    # epoch 1 was logged unless the server went down while it was being sent
+    assert "tracking server not reachable" in lines[0], lines
+    assert re.search(r"epoch\(s\) (1, )?2, 3,", lines[0]), lines
     assert "run dvc repro again" in lines[0]
     model = (repo / "data" / "model" / "model.h5").read_bytes()  # the DVC outputs are complete
     assert json.loads((repo / "metrics" / "train.json").read_text())["epochs_run"] == 3
