@@ -23,7 +23,13 @@ from tests.test_experiments import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 # the stage's own wait for the server at its end; 3 s instead of 30 keeps the test short
-STAGE_ENV = {"SARCOMA_SEG_TRACKING_WAIT": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+# (MLflow's other retry settings as the stage sets them, so in-process tests restore them)
+STAGE_ENV = {
+    "SARCOMA_SEG_TRACKING_WAIT": "3",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 # SIGTERM as an exception (exit 143), as the stage runner does once it handles signals
 SIGTERM_AS_EXIT = (
     "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); "
