@@ -52,7 +52,11 @@ def store_lock(uri: str) -> Iterator[None]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
         with closing(sqlite3.connect(db, timeout=30)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per store
+            except sqlite3.OperationalError:
+                pass  # busy right now: WAL only eases contention, the next training sets it
 
 
 def use_experiment(name: str = EXPERIMENT) -> str:
