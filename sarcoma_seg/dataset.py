@@ -87,6 +87,7 @@ def batch_sequence(
         def __init__(self) -> None:
             super().__init__()
             self.rng = np.random.default_rng(seed)
+            self.augment = augment  # its random state is checkpointed with self.rng
             self.order = np.arange(len(data.images))
             if augment is not None:
                 self.order = epoch_order(data.masks, self.rng, tumour_fraction)

@@ -1,9 +1,13 @@
 """MLflow tracking: the store location, one run per training, per-epoch logging, the model."""
 
+import fcntl
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +38,37 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold <db>.lock while the store and experiment are created and switch
+    it to WAL mode, so parallel queue workers never race on the schema migration; WAL lets
+    readers and one writer work at once (MLflow itself sets a 20 s busy timeout)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with db.with_name(db.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+        with closing(sqlite3.connect(db, timeout=30)) as conn:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per store
+            except sqlite3.OperationalError:
+                pass  # busy right now: WAL only eases contention, the next training sets it
+
+
 def use_experiment(name: str = EXPERIMENT) -> str:
     """Point MLflow at the store and experiment; local stores keep artifacts beside mlflow.db."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        return _use_experiment(uri, name)
+
+
+def _use_experiment(uri: str, name: str) -> str:
+    """Set the experiment `name`, creating it if it is new."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         mlflow.set_experiment(name)
@@ -117,20 +148,6 @@ def log_manifest(manifest_path: Path) -> None:
             "data.warnings": len(manifest.get("warnings", [])),
         }
     )
-
-
-def epoch_logger(prefix: str = "") -> Any:
-    """A Keras callback that logs every epoch's metrics and learning rate to the active run,
-    each key after `prefix` (an ensemble's member_<i>/)."""
-    import tensorflow as tf
-
-    class EpochLogger(tf.keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            metrics = {k: float(v) for k, v in (logs or {}).items()}
-            metrics["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
-            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=epoch)
-
-    return EpochLogger()
 
 
 def log_history(history: dict[str, list[float]]) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 import mlflow
 import tensorflow as tf
 
-from sarcoma_seg import tracking
+from sarcoma_seg import checkpoint, runlog, tracking
+from sarcoma_seg.checkpoint import Checkpoint
 from sarcoma_seg.dataset import SliceSet, batch_sequence, load_slice_set
 from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config
@@ -37,19 +38,24 @@ def fit_member(
     val_set: SliceSet,
     params: dict[str, Any],
     pre: Preprocessing,
-    out: Path,
+    work: Path,
     seed: int,
     log_prefix: str = "",
+    ckpt: Checkpoint | None = None,
+    member: int = 0,
+    outbox: runlog.Outbox | None = None,
 ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
     """Fit one U-Net from `seed` with augmentation, LR schedule and (if a monitor picks) early
-    stopping; return it with its history."""
+    stopping, checkpointing every epoch into ckpt (and resuming from it); return it with its
+    history."""
     tp = params["train"]
     seed_everything(seed)
     model = build_unet(tp["backbone"], tp["encoder_weights"], pre.input_channels, tp["bn_momentum"])
     augment = build_augmentation(tp["augment"], pre.image_size, seed, pre.pet_window is not None)
     batches = batch_sequence(train_set, tp["batch_size"], augment, seed, tp["tumour_fraction"])
     compile_unet(model, tp, len(batches))
-    weights = out / "best.weights.h5"
+    # best weights beside the checkpoint, so a resumed training still has them
+    weights = (ckpt.folder if ckpt else work) / f"best-{member}.weights.h5"
     monitor = tp.get("monitor", "val_loss")
     validate = len(val_set.images) > 0  # split.val: 0 trains on every non-test patient
     callbacks = []
@@ -79,35 +85,85 @@ def fit_member(
                 patience=tp["lr_patience"],
             )
         )
-    callbacks.append(tracking.epoch_logger(log_prefix))
-    fit = model.fit(
-        batches,
-        validation_data=batch_sequence(val_set, tp["batch_size"]) if validate else None,
-        epochs=tp["epochs"],
-        callbacks=callbacks,
-        shuffle=False,  # the sequence shuffles itself with the seed
-        verbose=2,
+    state = ckpt.load() if ckpt else None
+    if state is not None and state["member"] != member:
+        state = None  # the checkpoint is an earlier member's last epoch: this one starts afresh
+    saver = (
+        checkpoint.epoch_checkpoint(ckpt, batches, callbacks[:], member, state) if ckpt else None
     )
+    # the checkpoint before the logger: a kill between them loses no epoch (backfill resends it)
+    callbacks += [saver] if saver else []
+    callbacks.append(runlog.epoch_logger(outbox, log_prefix))
+    done = state is not None and (state["stopped"] or state["epoch"] >= tp["epochs"])
+    if state is not None and outbox is not None:
+        runlog.backfill(outbox, state["history"], log_prefix)  # epochs killed before logging
+    if done:  # every epoch ran before the stage stopped (e.g. at the logging): no fit at all
+        model.set_weights(state["weights"])
+        history = state["history"]
+    else:
+        if state is not None:
+            print(f"resuming {log_prefix or 'training'} after epoch {state['epoch']}")
+        fit = model.fit(
+            batches,
+            validation_data=batch_sequence(val_set, tp["batch_size"]) if validate else None,
+            epochs=tp["epochs"],
+            initial_epoch=state["epoch"] if state else 0,
+            callbacks=callbacks,
+            shuffle=False,  # the sequence shuffles itself with the seed
+            verbose=2,
+        )
+        history = saver.history if saver else fit.history
     if monitor != "last":
         model.load_weights(str(weights))
-        weights.unlink()
-    return model, {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+        if not ckpt:
+            weights.unlink()
+    return model, {k: [float(v) for v in vals] for k, vals in history.items()}
 
 
 def train(
-    train_set: SliceSet, val_set: SliceSet, params: dict[str, Any], pre: Preprocessing, out: Path
+    train_set: SliceSet,
+    val_set: SliceSet,
+    params: dict[str, Any],
+    pre: Preprocessing,
+    out: Path,
+    ckpt: Checkpoint | None = None,
+    outbox: runlog.Outbox | None = None,
 ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
     """Fit train.ensemble members (seeds base.seed, base.seed + 1, ...) and return the one model
-    that averages their probabilities, with the members' mean history (one member: itself)."""
+    that averages their probabilities, with the members' mean history (one member: itself);
+    members that finished before a kill are taken from the checkpoint."""
     members, seed = int(params["train"].get("ensemble", 1)), params["base"]["seed"]
     prefix = "member_{}/" if members > 1 else ""  # one model logs the plain keys as it trains
-    fits = [
-        fit_member(train_set, val_set, params, pre, out, seed + i, prefix.format(i))
-        for i in range(members)
-    ]
+    fits = []
+    for i in range(members):
+        saved = ckpt.load_member(i) if ckpt and members > 1 else None
+        if saved is None:
+            fits.append(
+                fit_member(
+                    train_set,
+                    val_set,
+                    params,
+                    pre,
+                    out,
+                    seed + i,
+                    prefix.format(i),
+                    ckpt,
+                    i,
+                    outbox,
+                )
+            )
+            if ckpt and members > 1:
+                ckpt.save_member(i, fits[-1][0].get_weights(), fits[-1][1])
+            continue
+        tp = params["train"]
+        seed_everything(seed + i)
+        model = build_unet(tp["backbone"], None, pre.input_channels, tp["bn_momentum"])
+        model.set_weights(saved[0])
+        fits.append((model, saved[1]))
     history = mean_history([h for _, h in fits])
-    if members > 1:
-        tracking.log_history(history)  # the plain keys, as one model would log them
+    if members > 1:  # the plain keys, as one model would log them
+        for epoch in range(len(history["loss"])):
+            runlog.log_epoch(outbox, {k: v[epoch] for k, v in history.items()}, epoch)
     return average_members([m for m, _ in fits], pre.input_channels), history
 
 
@@ -151,8 +207,29 @@ def write_history(history: dict[str, list[float]], path: Path) -> None:
             )
 
 
+def start_run(ckpt: Checkpoint, params: dict[str, Any], resumed: int | None) -> Any:
+    """Continue the checkpoint's MLflow run if it has one the store still knows, else start one;
+    a resumed run is tagged with the epoch it resumes after."""
+    name, tags = tracking.run_identity(params)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    run_id = ckpt.run_id()
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            run_id = None  # another store (MLFLOW_TRACKING_URI changed): a new run
+    run = mlflow.start_run(
+        run_id=run_id, run_name=None if run_id else name, tags=tags, log_system_metrics=True
+    )
+    ckpt.save_run_id(run.info.run_id)
+    if resumed is not None:
+        mlflow.set_tag("resumed_from_epoch", resumed)
+    return run
+
+
 def main() -> None:
-    """Validate params, train inside one MLflow run, write the model, history and metrics."""
+    """Validate params, train inside one MLflow run (resuming a killed training from its
+    checkpoint), write the model, history and metrics, then finish the logging."""
     params = load_params()
     paths, tp = params["paths"], params["train"]
     check_train_params(tp)
@@ -163,30 +240,49 @@ def main() -> None:
     train_set = load_slice_set(Path(paths["preprocessed"]) / "train.npz")
     val_set = load_slice_set(Path(paths["preprocessed"]) / "val.npz")
     check_validation(val_set, tp.get("monitor", "val_loss"))
+    runlog.configure_http_retries()
+    uri = tracking.tracking_uri()
+    runlog.check_reachable(uri)  # before anything is trained or written
+    root = tracking.repo_root()
+    ckpt = checkpoint.open_checkpoint(
+        root, checkpoint.checkpoint_key(params, Path(paths["preprocessed"]))
+    )
     out, plots, figures = Path(paths["model"]), Path(paths["plots"]), Path(paths["figures"])
     for folder in (out, plots, figures):
         folder.mkdir(parents=True, exist_ok=True)
     tracking.use_experiment(tp["mlflow_experiment"])
-    name, tags = tracking.run_identity(params)
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
-    with mlflow.start_run(run_name=name, tags=tags, log_system_metrics=True) as run:
+    runlog.mark_orphans(root, uri, keep=ckpt.run_id())
+    state = ckpt.load()
+    run = start_run(ckpt, params, None if state is None else state["epoch"])
+    claim = runlog.claim_run(root, run.info.run_id, uri)
+    outbox = runlog.Outbox(root, run.info.run_id)
+    try:
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
-        model, history = train(train_set, val_set, params, pre, out)
+        model, history = train(train_set, val_set, params, pre, out, ckpt, outbox)
         save_unet(model, out / MODEL_FILE)
         write_history(history, plots / "history.csv")
         for key in ("loss", "iou_score"):
             history_figure(history, key, figures / f"{key}.png")
-            mlflow.log_artifact(str(figures / f"{key}.png"), artifact_path="plots")
         best = chosen_epoch(history, tp.get("monitor", "val_loss"))
         summary = {k: history[k][best] for k in history if k.startswith("val_")}
         summary |= {"best_epoch": best + 1, "epochs_run": len(history["loss"])}
         Path(paths["metrics"]).mkdir(parents=True, exist_ok=True)
         (Path(paths["metrics"]) / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+        tracking.write_run_info(out / "mlflow_run.json", run)
+        # the DVC outputs are complete; what follows only logs, so a rerun only finishes that
+        runlog.flush_or_fail(outbox, uri)
+        for key in ("loss", "iou_score"):
+            mlflow.log_artifact(str(figures / f"{key}.png"), artifact_path="plots")
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
         mlflow.log_artifact(str(plots / "history.csv"), artifact_path="plots")
         log_pyfunc(out / MODEL_FILE, pre, inference, out, tp["registered_model"])
-        tracking.write_run_info(out / "mlflow_run.json", run)
+        mlflow.end_run("FINISHED")
+    except BaseException as exc:
+        runlog.end_run_quietly(runlog.end_status(exc))
+        raise
+    runlog.release_run(root, run.info.run_id, claim)
+    ckpt.remove()
     print(f"best epoch {best + 1}: {summary}")
 
 

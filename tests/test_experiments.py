@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from tests.conftest import copy_project, run, tiny_params
 
@@ -140,7 +141,7 @@ def test_queue_sweep_then_show_and_plots_diff(tmp_path: Path) -> None:
     run(["dvc", "exp", "run", "--queue", "-S", "train.epochs=1,2"], repo)
     queued = run(["dvc", "queue", "status"], repo)
     assert queued.count("Queued") == 2, queued
-    run(["dvc", "queue", "start"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)  # two workers, one SQLite store
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = run(["dvc", "queue", "status"], repo)
@@ -148,6 +149,13 @@ def test_queue_sweep_then_show_and_plots_diff(tmp_path: Path) -> None:
             break
         time.sleep(3)
     assert status.count("Success") == 2, status
+    # both workers logged complete runs into the root's default sqlite:///mlflow.db
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sarcoma-seg").experiment_id
+    found = client.search_runs([experiment])
+    assert sorted(r.info.status for r in found) == ["FINISHED", "FINISHED"]
+    assert sorted(len(client.get_metric_history(r.info.run_id, "loss")) for r in found) == [1, 2]
+    assert all("test_dice_3d_mean" in r.data.metrics for r in found)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).splitlines()[0])
     experiments = [e for rev in shown for e in rev.get("experiments") or []]
     assert len(experiments) == 2

@@ -1,0 +1,245 @@
+"""Per-epoch training checkpoints that survive a killed stage, so that a rerun resumes where the
+last completed epoch left off and ends with the same weights, bit for bit."""
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from sarcoma_seg.errors import SarcomaSegError
+
+# at the repo root, git- and dvc-ignored and outside every DVC out: DVC neither deletes nor caches
+# it before rerunning train
+FOLDER = ".checkpoints"
+STATE = "state.npz"
+RUN = "run.json"
+LOCK = "lock"
+# the params sections dvc.yaml gives the train stage, minus none: any change is another training
+TRAIN_SECTIONS = ("base", "preprocess", "train", "inference")
+CODE = Path(__file__).resolve().parents[1]  # the checkout whose code trains
+# restorable counters of the Keras callbacks train may add (EarlyStopping, ReduceLROnPlateau,
+# ModelCheckpoint); their on_train_begin resets them, so they are restored after it
+CALLBACK_STATE = ("wait", "best", "cooldown_counter", "stopped_epoch")
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of one file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_key(params: dict[str, Any], preprocessed: Path) -> str:
+    """Digest of what decides a training: its params sections, the preprocessed files and the
+    code; a change in any of them never resumes a stale checkpoint."""
+    digest = hashlib.sha256()
+    sections = {k: params[k] for k in TRAIN_SECTIONS}
+    digest.update(json.dumps(sections, sort_keys=True, default=str).encode())
+    for path in sorted(Path(preprocessed).iterdir()):
+        if path.is_file():
+            digest.update(f"{path.name}:{_file_digest(path)}".encode())
+    for path in sorted([*(CODE / "sarcoma_seg").glob("*.py"), CODE / "stages" / "train.py"]):
+        digest.update(f"{path.name}:{_file_digest(path)}".encode())
+    return digest.hexdigest()[:20]
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder and rename it over path, so a kill
+    leaves either the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Checkpoint:
+    """One training's checkpoint folder, locked by this process while it trains."""
+
+    folder: Path
+    lock: IO[str]
+
+    def load(self) -> dict[str, Any] | None:
+        """The last completed epoch's state, or None if training has not completed one."""
+        path = self.folder / STATE
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as npz:  # arrays only: no code in a checkpoint
+            state = json.loads(str(npz["meta"]))
+            state["weights"] = _arrays(npz, "w")
+            state["optimizer"] = _arrays(npz, "o")
+            state["order"] = npz["order"]
+        return state
+
+    def save(self, meta: dict[str, Any], weights: list, optimizer: list, order: Any) -> None:
+        """Write one epoch's state atomically."""
+        arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
+        arrays |= {f"o{i}": np.asarray(v) for i, v in enumerate(optimizer)}
+        arrays |= {"meta": np.array(json.dumps(meta)), "order": np.asarray(order)}
+        _write_atomic(self.folder / STATE, lambda f: np.savez(f, **arrays))
+
+    def save_member(self, index: int, weights: list, history: dict[str, list[float]]) -> None:
+        """Keep a finished ensemble member's weights and history."""
+        arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
+        arrays["meta"] = np.array(json.dumps({"history": history}))
+        _write_atomic(self.folder / f"member-{index}.npz", lambda f: np.savez(f, **arrays))
+
+    def load_member(self, index: int) -> tuple[list[np.ndarray], dict[str, list[float]]] | None:
+        """A finished member's weights and history, or None."""
+        path = self.folder / f"member-{index}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as npz:
+            return _arrays(npz, "w"), json.loads(str(npz["meta"]))["history"]
+
+    def run_id(self) -> str | None:
+        """The MLflow run this training logs into, if one was started."""
+        path = self.folder / RUN
+        return json.loads(path.read_text())["run_id"] if path.is_file() else None
+
+    def save_run_id(self, run_id: str) -> None:
+        """Keep the MLflow run id beside the checkpoint, so a resumed training continues it."""
+        text = json.dumps({"run_id": run_id}).encode()
+        _write_atomic(self.folder / RUN, lambda f: f.write(text))
+
+    def remove(self) -> None:
+        """Delete the checkpoint once its training is complete and logged."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.lock.close()
+
+
+def _arrays(npz: Any, prefix: str) -> list[np.ndarray]:
+    """The arrays <prefix>0, <prefix>1, ... of an npz, in order."""
+    count = sum(1 for k in npz.files if k.startswith(prefix) and k[len(prefix) :].isdigit())
+    return [npz[f"{prefix}{i}"] for i in range(count)]
+
+
+def open_checkpoint(root: Path, key: str) -> Checkpoint:
+    """The checkpoint folder of this training under <root>/.checkpoints, locked so that two
+    trainings never share it (the lock dies with the process, even on kill -9)."""
+    folder = Path(root) / FOLDER / f"train-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (folder / LOCK).open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SarcomaSegError(
+            f"{folder}: another training with the same params and data is running; "
+            "wait for it or stop it"
+        ) from None
+    return Checkpoint(folder, lock)
+
+
+def _random_parts(augment: Any) -> list[Any]:
+    """The albumentations pipeline and every transform in it, depth first: Compose(seed=) gives
+    each its own generators (seeded alike), so each one's state is kept."""
+    parts = [augment]
+    for child in getattr(augment, "transforms", []):
+        parts += _random_parts(child)
+    return parts
+
+
+def sequence_state(batches: Any) -> dict[str, Any]:
+    """Every random state of a training batch sequence: its batch-order generator and the
+    NumPy and Python generators of its augmentation pipeline and of each transform."""
+    parts = _random_parts(batches.augment)
+    return {
+        "rng": batches.rng.bit_generator.state,
+        "augment_rng": [p.random_generator.bit_generator.state for p in parts],
+        "augment_py": [_py_state(p.py_random) for p in parts],
+    }
+
+
+def restore_sequence(batches: Any, state: dict[str, Any], order: np.ndarray) -> None:
+    """Put a batch sequence back where the checkpointed epoch left it, then move it to the next
+    epoch as Keras would have."""
+    batches.rng.bit_generator.state = state["rng"]
+    parts = _random_parts(batches.augment)
+    for part, numpy_state, py_state in zip(
+        parts, state["augment_rng"], state["augment_py"], strict=True
+    ):
+        part.random_generator.bit_generator.state = numpy_state
+        version, internal, gauss = py_state
+        part.py_random.setstate((version, tuple(internal), gauss))
+    batches.order = np.array(order)
+    batches.on_epoch_end()
+
+
+def _py_state(generator: random.Random) -> list[Any]:
+    """A random.Random state as JSON-friendly lists."""
+    version, internal, gauss = generator.getstate()
+    return [version, list(internal), gauss]
+
+
+def callback_state(callbacks: list[Any]) -> list[dict[str, Any]]:
+    """The counters of each callback that has them (EarlyStopping, ReduceLROnPlateau, ...)."""
+    return [
+        {k: float(getattr(cb, k)) for k in CALLBACK_STATE if hasattr(cb, k)} for cb in callbacks
+    ]
+
+
+def restore_callbacks(callbacks: list[Any], states: list[dict[str, Any]]) -> None:
+    """Set the counters saved by callback_state back."""
+    for cb, saved in zip(callbacks, states, strict=True):
+        for k, v in saved.items():
+            setattr(cb, k, int(v) if k != "best" else v)
+
+
+def epoch_checkpoint(
+    ckpt: Checkpoint,
+    batches: Any,
+    others: list[Any],
+    member: int,
+    resume: dict[str, Any] | None,
+) -> Any:
+    """A Keras callback that saves the whole training state at every epoch's end and, given a
+    saved state, puts it back as training begins (after Keras has peeked at the first batch and
+    reset the other callbacks, so nothing of theirs overwrites it)."""
+    import tensorflow as tf
+
+    class EpochCheckpoint(tf.keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.history: dict[str, list[float]] = dict((resume or {}).get("history", {}))
+
+        def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+            if resume is None:
+                return
+            optimizer = self.model.optimizer
+            optimizer.build(self.model.trainable_variables)  # its slots exist before the 1st step
+            for variable, value in zip(optimizer.variables, resume["optimizer"], strict=True):
+                variable.assign(value)
+            self.model.set_weights(resume["weights"])
+            restore_sequence(batches, resume["sequence"], resume["order"])
+            restore_callbacks(others, resume["callbacks"])
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = dict(logs or {})
+            # the rate the epoch ran at, as the logger logs it, so a resumed run can backfill it
+            logs.setdefault("lr", tf.keras.backend.get_value(self.model.optimizer.learning_rate))
+            for k, v in logs.items():
+                self.history.setdefault(k, []).append(float(v))
+            meta = {
+                "member": member,
+                "epoch": epoch + 1,  # epochs completed
+                "history": self.history,
+                "sequence": sequence_state(batches),
+                "callbacks": callback_state(others),
+                "stopped": bool(self.model.stop_training),
+            }
+            variables = [v.numpy() for v in self.model.optimizer.variables]
+            ckpt.save(meta, self.model.get_weights(), variables, batches.order)
+
+    return EpochCheckpoint()
