@@ -65,7 +65,8 @@ class Stack:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def client_env(self) -> dict[str, str]:
-        """What a team member's shell holds: MLflow URI and login, S3 keys and endpoint."""
+        """What a team member's shell holds: MLflow URI and login, S3 keys (the endpoint is in
+        .dvc/config.local)."""
         return {
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "MLFLOW_TRACKING_USERNAME": ADMIN,
@@ -73,7 +74,6 @@ class Stack:
             "AWS_ACCESS_KEY_ID": self.aws_key_id,
             "AWS_SECRET_ACCESS_KEY": self.aws_secret,
             "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": self.s3_endpoint,  # boto3 / aiobotocore read it
         }
 
     def secrets(self) -> list[str]:
