@@ -254,7 +254,11 @@ def start_mlflow(stack: Stack) -> None:
     }
     cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"]
     cmd += ["--artifacts-destination", f"s3://{BUCKET}/mlflow"]
-    cmd += ["--host", "127.0.0.1", "--port", str(stack.mlflow_port), "--workers", "2"]
+    cmd += ["--host", "127.0.0.1", "--port", str(stack.mlflow_port)]
+    # one worker: starts fastest on a laptop; uvicorn serves concurrent requests anyway
+    cmd += ["--workers", "1"]
+    # open keep-alive connections of clients must not hold `down` up
+    cmd += ["--uvicorn-opts", "--timeout-graceful-shutdown 3"]
     spawn(stack, "mlflow", cmd, env)
     wait_until("mlflow", lambda: healthy(stack.tracking_uri), stack)
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -124,7 +125,8 @@ def run_predict(model: str, clone: Path, out: Path, env: dict[str, str]) -> np.n
     source = clone / "data" / "raw" / "source" / "lab_petct_vox_5.00mm.h5"
     argv = [str(source), "--patient", patient, "--model", model, "--out", str(out)]
     predict = [sys.executable, "-m", "sarcoma_seg.predict", *argv, "--no-progress"]
-    summary = json.loads(run(predict, clone, env).splitlines()[-1])
+    printed = run(predict, clone, env).splitlines()
+    summary = json.loads(next(line for line in printed if line.startswith("{")))
     assert summary["model"] == model
     with h5py.File(out / "mask.h5") as f:
         return f[f"label_data/{patient}"][()]
@@ -147,10 +149,12 @@ def test_exp_run_is_on_the_server_with_artifacts_in_the_bucket(team: Team) -> No
 
 
 def test_registered_version_loads_through_the_server(team: Team, clone: Path) -> None:
-    pulled = run_predict("data/model", clone, clone / "predictions" / "pulled", team.env)
-    registered = run_predict(
-        "models:/sarcoma-seg/1", clone, clone / "predictions" / "registered", team.env
-    )
+    with ThreadPoolExecutor(2) as pool:  # two processes at once: each spends seconds on imports
+        pulled, registered = pool.map(
+            lambda model, out: run_predict(model, clone, clone / "predictions" / out, team.env),
+            ("data/model", "models:/sarcoma-seg/1"),
+            ("pulled", "registered"),
+        )
     np.testing.assert_array_equal(pulled, registered)  # the pushed model is the registered one
 
 
