@@ -294,23 +294,22 @@ def save_state(stack: Stack) -> None:
     write_private(state / "env.sh", "\n".join(lines) + "\n")
 
 
-def terminate(pid: int, seconds: float = 20) -> None:
-    """SIGTERM a server's process group, SIGKILL it if it is still there after `seconds`."""
+def terminate(pids: list[int], seconds: float = 20) -> None:
+    """SIGTERM servers' process groups, SIGKILL those still there after `seconds`."""
     for sig, wait in ((signal.SIGTERM, seconds), (signal.SIGKILL, 5)):
-        with suppress(ProcessLookupError):
-            os.killpg(pid, sig)
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.killpg(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not alive(pid):
+            if not any(alive(pid) for pid in pids):
                 return
             time.sleep(0.1)
 
 
 def stop(stack: Stack) -> None:
     """Stop MLflow, S3 and PostgreSQL (in that order) and delete their data and secrets."""
-    for name in ("mlflow", "s3"):
-        if name in stack.pids:
-            terminate(stack.pids[name])
+    terminate([stack.pids[name] for name in ("mlflow", "s3") if name in stack.pids])
     data = Path(stack.pg_dir) / "data"
     if (data / "postmaster.pid").is_file():
         ctl = [str(Path(stack.pg_bin) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
