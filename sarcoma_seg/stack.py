@@ -247,6 +247,8 @@ def start_mlflow(stack: Stack) -> None:
         "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg://postgres@127.0.0.1:{stack.pg_port}/mlflow",
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_config(stack)),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(24),
+        # no job runner: it starts eight more Python processes for GenAI jobs this project lacks
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint,
         "AWS_ACCESS_KEY_ID": stack.aws_key_id,
         "AWS_SECRET_ACCESS_KEY": stack.aws_secret,
