@@ -233,7 +233,10 @@ def auth_config(stack: Stack) -> Path:
         f"database_uri = postgresql+psycopg://postgres@127.0.0.1:{stack.pg_port}/mlflow_auth\n"
         f"admin_username = {ADMIN}\n"
         f"admin_password = {stack.admin_password}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a checked password is trusted for 60 s: each check is a slow PBKDF2 hash, and a
+        # training logs every epoch (a password change reaches the cache at once anyway)
+        "auth_cache_ttl_seconds = 60\n",
     )
     return path
 
