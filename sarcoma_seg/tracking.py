@@ -14,6 +14,8 @@ from typing import Any
 import mlflow
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from sarcoma_seg.params import flatten
 
@@ -77,7 +79,13 @@ def _use_experiment(uri: str, name: str) -> str:
     if uri.startswith("sqlite:///"):
         # MLflow would otherwise put artifacts in ./mlruns relative to the working directory
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    try:
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        # a colleague's run (or a parallel queued experiment) created it since we looked
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        experiment_id = mlflow.get_experiment_by_name(name).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -67,3 +67,18 @@ def test_repro_job_reports_diffs_caches_and_uploads_mlflow(workflow: dict) -> No
 def test_test_job_runs_the_local_ci_script(workflow: dict) -> None:
     runs = [s.get("run", "") for s in workflow["jobs"]["test"]["steps"]]
     assert "bash .ci/run" in runs
+
+
+def test_repro_job_pulls_before_and_pushes_after_on_the_default_branch(workflow: dict) -> None:
+    steps = workflow["jobs"]["repro"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    pull = next(i for i, r in enumerate(runs) if "dvc pull" in r)
+    push = next(i for i, r in enumerate(runs) if "dvc push" in r)
+    repro = next(i for i, r in enumerate(runs) if r.startswith("dvc repro"))
+    assert pull < repro < push
+    assert "AWS_ACCESS_KEY_ID" in steps[pull]["if"] and "AWS_ACCESS_KEY_ID" in steps[push]["if"]
+    assert "default_branch" in steps[push]["if"] and "pull_request" in steps[push]["if"]
+    # remote and server credentials come from repository secrets through the environment only
+    env = workflow["jobs"]["repro"]["env"]
+    for key in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[key].startswith("${{ secrets.")
