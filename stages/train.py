@@ -8,8 +8,8 @@ from typing import Any
 import mlflow
 import tensorflow as tf
 
-from sarcoma_seg import tracking
-from sarcoma_seg.dataset import SliceSet, batch_sequence, load_slice_set
+from sarcoma_seg import distribute, pipeline_input, tracking
+from sarcoma_seg.dataset import SliceSet, load_slice_set
 from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config
 from sarcoma_seg.model import (
@@ -45,10 +45,14 @@ def fit_member(
     stopping; return it with its history."""
     tp = params["train"]
     seed_everything(seed)
+    distribute.set_precision(tp.get("mixed_precision", False))
     model = build_unet(tp["backbone"], tp["encoder_weights"], pre.input_channels, tp["bn_momentum"])
+    model = distribute.float32_output(model)
     augment = build_augmentation(tp["augment"], pre.image_size, seed, pre.pet_window is not None)
-    batches = batch_sequence(train_set, tp["batch_size"], augment, seed, tp["tumour_fraction"])
-    compile_unet(model, tp, len(batches))
+    batches = pipeline_input.train_batches(
+        train_set, tp["batch_size"], augment, seed, tp["epochs"], tp["tumour_fraction"]
+    )
+    compile_unet(model, tp, batches.steps)
     weights = out / "best.weights.h5"
     monitor = tp.get("monitor", "val_loss")
     validate = len(val_set.images) > 0  # split.val: 0 trains on every non-test patient
@@ -80,12 +84,14 @@ def fit_member(
             )
         )
     callbacks.append(tracking.epoch_logger(log_prefix))
+    val_batches = pipeline_input.eval_batches(val_set, tp["batch_size"]) if validate else None
     fit = model.fit(
-        batches,
-        validation_data=batch_sequence(val_set, tp["batch_size"]) if validate else None,
+        batches.dataset,
+        steps_per_epoch=batches.steps,
+        validation_data=val_batches,
         epochs=tp["epochs"],
         callbacks=callbacks,
-        shuffle=False,  # the sequence shuffles itself with the seed
+        shuffle=False,  # the input shuffles itself with the seed
         verbose=2,
     )
     if monitor != "last":
@@ -154,6 +160,8 @@ def write_history(history: dict[str, list[float]], path: Path) -> None:
 def main() -> None:
     """Validate params, train inside one MLflow run, write the model, history and metrics."""
     params = load_params()
+    strategy = distribute.make_strategy(params["train"]["distribute"])  # before any TF op
+    params = distribute.worker_params(params)  # non-chief workers: temporary outputs
     paths, tp = params["paths"], params["train"]
     check_train_params(tp)
     check_image_size(params["base"]["image_size"])
@@ -172,7 +180,8 @@ def main() -> None:
     with mlflow.start_run(run_name=name, tags=tags, log_system_metrics=True) as run:
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
-        model, history = train(train_set, val_set, params, pre, out)
+        with strategy.scope():
+            model, history = train(train_set, val_set, params, pre, out)
         save_unet(model, out / MODEL_FILE)
         write_history(history, plots / "history.csv")
         for key in ("loss", "iou_score"):
