@@ -6,9 +6,11 @@ step, so the same params give the same optimisation whatever the devices (and th
 learning rate). To use more replicas fully, raise train.batch_size with them and scale
 train.learning_rate by the same factor (the linear rule; docs/distributed.md)."""
 
+import atexit
 import copy
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,7 @@ def worker_params(params: dict[str, Any]) -> dict[str, Any]:
     if params["train"].get("distribute", "none") != "multi_worker" or is_chief(tf_config()):
         return params
     scratch = Path(tempfile.mkdtemp(prefix="sarcoma-seg-worker-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     params = copy.deepcopy(params)
     for key in WORKER_PATHS:
         params["paths"][key] = str(scratch / key)
