@@ -118,7 +118,11 @@ def test_two_workers_train_and_only_the_chief_writes(project: Path, tmp_path: Pa
                 text=True,
             )
         )
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    try:  # a worker that fails leaves the other waiting for it: the timeout ends both
+        outputs = [p.communicate(timeout=1200)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
     assert (project / "data" / "model" / "model.h5").is_file()
