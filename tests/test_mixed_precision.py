@@ -2,11 +2,14 @@
 training step runs on the CPU (forced: without a GPU training stays in float32)."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from sarcoma_seg.distribute import float32_output, set_precision
 from sarcoma_seg.model import build_unet, compile_unet
 from tests.conftest import tiny_params
+
+pytestmark = pytest.mark.slow  # float16 on a CPU: building and one step take ~20 s
 
 
 def test_mixed_precision_builds_and_trains_one_step_on_cpu() -> None:
