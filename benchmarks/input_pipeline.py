@@ -6,8 +6,8 @@ default params (96 px, batch 8, resnet18, 4 channels, the default augmentation):
 model alone: the same pre-made batch fed again and again (no reading, no augmentation).
 before: the Keras Sequence (albumentations on the training thread, as train used until now).
 after: the tf.data pipeline (sarcoma_seg.pipeline_input: parallel, deterministic, prefetched).
-Each figure is the mean over the epochs after the first (tracing and warm-up excluded); the
-machine's CPU is shared, so run it on a quiet machine and compare ratios, not absolutes."""
+Each figure is the mean over the epochs after the first (tracing and warm-up excluded), the best
+of --rounds interleaved rounds; the machine's CPU is shared, so compare ratios, not absolutes."""
 
 import argparse
 import sys
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--channels", type=int, default=4)  # 3 CT channels + PET
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     tp = load_params(ROOT / "params.yaml")["train"]
     data = synthetic_set(args.slices, args.size, args.channels)
@@ -86,12 +87,18 @@ def main() -> None:
     augment = build_augmentation(tp["augment"], args.size, 0, pet=args.channels == 4)
 
     x, y = data.images[: args.batch], data.masks[: args.batch, ..., None].astype(np.float32)
-    alone = tf.data.Dataset.from_tensors((x, y)).repeat()
-    rates = {"model alone (pre-made batches)": measure(model, alone, steps, args.epochs, slices)}
-    sequence = batch_sequence(data, args.batch, augment, 0)
-    rates["before: keras Sequence"] = measure(model, sequence, steps, args.epochs, slices)
-    after = train_batches(data, args.batch, augment, 0, args.epochs).dataset
-    rates["after: tf.data pipeline"] = measure(model, after, steps, args.epochs, slices)
+    inputs = {
+        "model alone (pre-made batches)": lambda: tf.data.Dataset.from_tensors((x, y)).repeat(),
+        "before: keras Sequence": lambda: batch_sequence(data, args.batch, augment, 0),
+        "after: tf.data pipeline": lambda: (
+            train_batches(data, args.batch, augment, 0, args.epochs).dataset
+        ),
+    }
+    rates: dict[str, float] = {}
+    for _ in range(args.rounds):  # interleaved, best of each: the shared CPU's load drifts
+        for name, make in inputs.items():
+            rate = measure(model, make(), steps, args.epochs, slices)
+            rates[name] = max(rates.get(name, 0.0), rate)
     start, fed = time.perf_counter(), 0
     for images, _ in train_batches(data, args.batch, augment, 0, args.epochs).dataset:
         fed += int(images.shape[0])
