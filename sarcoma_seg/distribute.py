@@ -60,9 +60,14 @@ def split_cpu(replicas: int) -> None:
 def make_strategy(name: str) -> Any:
     """The tf.distribute strategy train.distribute names: none (the default, one device),
     mirrored (every visible GPU, else every logical CPU) or multi_worker (from TF_CONFIG)."""
+    choice("train.distribute", name, STRATEGIES)
+    if name == "multi_worker" and not tf_config():
+        raise SarcomaSegError(
+            "train.distribute=multi_worker needs TF_CONFIG (the cluster's workers and this "
+            "process's task) in the environment of every worker"
+        )
     import tensorflow as tf
 
-    choice("train.distribute", name, STRATEGIES)
     replicas = os.environ.get(CPU_REPLICAS_ENV)
     if replicas and name != "none":
         split_cpu(int(replicas))
@@ -72,11 +77,6 @@ def make_strategy(name: str) -> Any:
         gpus = tf.config.list_logical_devices("GPU")
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if not tf_config():
-        raise SarcomaSegError(
-            "train.distribute=multi_worker needs TF_CONFIG (the cluster's workers and this "
-            "process's task) in the environment of every worker"
-        )
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
