@@ -9,9 +9,17 @@ averaged as train saves them (weights do not change the time). The PET covers th
 view on its own, coarser grid (--pet-size 128: 3.9 mm voxels, as PET scanners reconstruct; the
 IBSI PETs have 3.9-4.7 mm) and is resampled onto the CT as in training; --pet-size equal to
 --size gives a PET already on the CT grid.
-Prints the wall time of each of --repeat runs and the throughput in slices/s."""
+Prints the wall time of each of --repeat runs and the throughput in slices/s.
+
+--whole: the real `predict` command in a fresh process instead, timed from launch to exit, then
+the same work split into start-up (interpreter and imports, TensorFlow included), model load,
+reading, inference and writing; with --registry also `models:/sarcoma-seg/1` from a temporary
+MLflow store, first (fetched into an empty cache) and second call (from the cache)."""
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +79,96 @@ def ct_volume(path: Path, slices: int, size: int, pet_size: int) -> tuple[Path, 
     return path / "ct.nii.gz", path / "pet.nii.gz"
 
 
+SPLIT = """
+import sys, time
+launched = float(sys.argv[1])
+import sarcoma_seg
+from pathlib import Path
+from sarcoma_seg.predict import check_compatible, lesion_summary, model_folder, montage_slices
+from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+from sarcoma_seg.scans import read_scan
+from sarcoma_seg.plots import overlay_montage
+import numpy as np, json, tempfile
+from sarcoma_seg.model import MODEL_FILE, load_unet
+marks = {"start-up": time.time() - launched}
+t = time.perf_counter()
+scan = read_scan(Path(sys.argv[3]), None, Path(sys.argv[4]) if len(sys.argv) > 4 else None)
+marks["reading"] = time.perf_counter() - t
+t = time.perf_counter()
+folder = model_folder(sys.argv[2], Path(tempfile.mkdtemp()))
+pre, inference = load_config(folder / CONFIG_NAME)
+check_compatible(scan, pre)
+model = load_unet(folder / MODEL_FILE)
+marks["model load"] = time.perf_counter() - t
+t = time.perf_counter()
+mask = segment_volume(model, pre, scan.ct, inference, scan.pet, None, None)
+marks["inference"] = time.perf_counter() - t
+t = time.perf_counter()
+out = Path(tempfile.mkdtemp())
+scan.save_mask(mask, out / f"mask{scan.mask_suffix}")
+picks = montage_slices(mask)
+low, high = pre.hu_window
+overlay_montage([np.clip((scan.ct[i] - low) / (high - low), 0, 1) for i in picks],
+                [mask[i] for i in picks], [f"slice {i}" for i in picks], out / "overlay.png")
+(out / "summary.json").write_text(json.dumps(lesion_summary(mask, scan.spacing)))
+marks["writing"] = time.perf_counter() - t
+print(json.dumps(marks))
+"""
+
+
+def whole_command(model: str, ct: Path, pet: Path | None, out: Path, env: dict) -> float:
+    """Seconds from launching `predict` in a fresh interpreter to its exit."""
+    cmd = [sys.executable, "-m", "sarcoma_seg.predict", str(ct), "--model", model]
+    cmd += ["--out", str(out), "--no-progress"] + (["--pet", str(pet)] if pet else [])
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(done.stderr[-2000:])
+    return time.perf_counter() - start
+
+
+def split_times(model: str, ct: Path, pet: Path | None, env: dict) -> dict[str, float]:
+    """The same work in a fresh interpreter, timed phase by phase."""
+    cmd = [sys.executable, "-c", SPLIT, str(time.time()), model, str(ct)]
+    cmd += [str(pet)] if pet else []
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def registered_default(work: Path, folder: Path) -> dict:
+    """The model folder registered as sarcoma-seg version 1 in a new sqlite store; its env."""
+    import mlflow
+
+    from sarcoma_seg.inference import load_config
+    from sarcoma_seg.serving import log_pyfunc
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("bench", artifact_location=(work / "art").as_uri())
+    pre, inference = load_config(folder / "preprocessing.json")
+    (work / "log").mkdir()
+    with mlflow.start_run(experiment_id=experiment):
+        log_pyfunc(folder / MODEL_FILE, pre, inference, work / "log", "sarcoma-seg")
+    return os.environ | {"MLFLOW_TRACKING_URI": uri, "SARCOMA_SEG_CACHE": str(work / "cache")}
+
+
+def whole(args: argparse.Namespace, work: Path, model: str, ct: Path, pet: Path | None) -> None:
+    """Print the whole-command times and their split."""
+    env = dict(os.environ, PYTHONPATH=args.code)
+    # best of two: the first launch after a while also reads TensorFlow's libraries from disk
+    total = min(whole_command(model, ct, pet, work / f"whole{i}", env) for i in range(2))
+    print(f"whole command, model folder: {total:.2f} s (target: under 8 s; shared CPU)")
+    split = split_times(model, ct, pet, env)
+    print("split: " + ", ".join(f"{k} {v:.2f} s" for k, v in split.items()))
+    if args.registry:
+        env = registered_default(work, Path(model)) | {"PYTHONPATH": args.code}
+        first = whole_command("models:/sarcoma-seg/1", ct, pet, work / "r1", env)
+        second = whole_command("models:/sarcoma-seg/1", ct, pet, work / "r2", env)
+        print(f"models:/sarcoma-seg/1: first call {first:.2f} s, second (cached) {second:.2f} s")
+
+
 def main() -> None:
     """Segment the volume --repeat times and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,11 +178,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pet-size", type=int, default=128, help="rows = cols of the PET")
     parser.add_argument("--no-pet", action="store_true", help="a CT-only model (no PET input)")
+    parser.add_argument("--whole", action="store_true", help="the command, timed from launch")
+    parser.add_argument("--registry", action="store_true", help="--whole with models:/ too")
+    parser.add_argument(
+        "--code", default=str(ROOT), help="--whole: the checkout whose predict runs (before/after)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         model = args.model or str(default_model((work / "model").resolve(), not args.no_pet))
         ct, pet = ct_volume(work, args.slices, args.size, args.pet_size)
+        if args.whole or args.registry:
+            return whole(args, work, model, ct, None if args.no_pet else pet)
         times = []
         for i in range(args.repeat):
             start = time.perf_counter()

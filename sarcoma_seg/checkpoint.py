@@ -5,7 +5,6 @@ import fcntl
 import hashlib
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,14 +78,13 @@ class Checkpoint:
             state = json.loads(str(npz["meta"]))
             state["weights"] = _arrays(npz, "w")
             state["optimizer"] = _arrays(npz, "o")
-            state["order"] = npz["order"]
         return state
 
-    def save(self, meta: dict[str, Any], weights: list, optimizer: list, order: Any) -> None:
+    def save(self, meta: dict[str, Any], weights: list, optimizer: list) -> None:
         """Write one epoch's state atomically."""
         arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
         arrays |= {f"o{i}": np.asarray(v) for i, v in enumerate(optimizer)}
-        arrays |= {"meta": np.array(json.dumps(meta)), "order": np.asarray(order)}
+        arrays["meta"] = np.array(json.dumps(meta))
         _write_atomic(self.folder / STATE, lambda f: np.savez(f, **arrays))
 
     def save_member(self, index: int, weights: list, history: dict[str, list[float]]) -> None:
@@ -142,47 +140,6 @@ def open_checkpoint(root: Path, key: str) -> Checkpoint:
     return Checkpoint(folder, lock)
 
 
-def _random_parts(augment: Any) -> list[Any]:
-    """The albumentations pipeline and every transform in it, depth first: Compose(seed=) gives
-    each its own generators (seeded alike), so each one's state is kept."""
-    parts = [augment]
-    for child in getattr(augment, "transforms", []):
-        parts += _random_parts(child)
-    return parts
-
-
-def sequence_state(batches: Any) -> dict[str, Any]:
-    """Every random state of a training batch sequence: its batch-order generator and the
-    NumPy and Python generators of its augmentation pipeline and of each transform."""
-    parts = _random_parts(batches.augment)
-    return {
-        "rng": batches.rng.bit_generator.state,
-        "augment_rng": [p.random_generator.bit_generator.state for p in parts],
-        "augment_py": [_py_state(p.py_random) for p in parts],
-    }
-
-
-def restore_sequence(batches: Any, state: dict[str, Any], order: np.ndarray) -> None:
-    """Put a batch sequence back where the checkpointed epoch left it, then move it to the next
-    epoch as Keras would have."""
-    batches.rng.bit_generator.state = state["rng"]
-    parts = _random_parts(batches.augment)
-    for part, numpy_state, py_state in zip(
-        parts, state["augment_rng"], state["augment_py"], strict=True
-    ):
-        part.random_generator.bit_generator.state = numpy_state
-        version, internal, gauss = py_state
-        part.py_random.setstate((version, tuple(internal), gauss))
-    batches.order = np.array(order)
-    batches.on_epoch_end()
-
-
-def _py_state(generator: random.Random) -> list[Any]:
-    """A random.Random state as JSON-friendly lists."""
-    version, internal, gauss = generator.getstate()
-    return [version, list(internal), gauss]
-
-
 def callback_state(callbacks: list[Any]) -> list[dict[str, Any]]:
     """The counters of each callback that has them (EarlyStopping, ReduceLROnPlateau, ...)."""
     return [
@@ -199,14 +156,15 @@ def restore_callbacks(callbacks: list[Any], states: list[dict[str, Any]]) -> Non
 
 def epoch_checkpoint(
     ckpt: Checkpoint,
-    batches: Any,
     others: list[Any],
     member: int,
     resume: dict[str, Any] | None,
 ) -> Any:
-    """A Keras callback that saves the whole training state at every epoch's end and, given a
-    saved state, puts it back as training begins (after Keras has peeked at the first batch and
-    reset the other callbacks, so nothing of theirs overwrites it)."""
+    """A Keras callback that saves the training state (weights, optimizer variables with the EMA
+    and schedule position, callback counters) at every epoch's end and, given a saved state,
+    puts it back as training begins (after Keras has reset the other callbacks, so nothing of
+    theirs overwrites it). The input needs no state: every batch is a function of (seed, epoch,
+    position), and a resumed training's input starts at its next epoch."""
     import tensorflow as tf
 
     class EpochCheckpoint(tf.keras.callbacks.Callback):
@@ -222,7 +180,6 @@ def epoch_checkpoint(
             for variable, value in zip(optimizer.variables, resume["optimizer"], strict=True):
                 variable.assign(value)
             self.model.set_weights(resume["weights"])
-            restore_sequence(batches, resume["sequence"], resume["order"])
             restore_callbacks(others, resume["callbacks"])
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -235,11 +192,10 @@ def epoch_checkpoint(
                 "member": member,
                 "epoch": epoch + 1,  # epochs completed
                 "history": self.history,
-                "sequence": sequence_state(batches),
                 "callbacks": callback_state(others),
                 "stopped": bool(self.model.stop_training),
             }
             variables = [v.numpy() for v in self.model.optimizer.variables]
-            ckpt.save(meta, self.model.get_weights(), variables, batches.order)
+            ckpt.save(meta, self.model.get_weights(), variables)
 
     return EpochCheckpoint()

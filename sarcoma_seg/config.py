@@ -47,6 +47,7 @@ MAX_SEED = 2**32 - 1  # NumPy's legacy seeding (and so Keras' set_random_seed) t
 SOURCE_NAMES = ("synthetic", "kaggle", "hdf5", "nifti", "slices", "dicom")  # sources.SOURCES
 LOSS_NAMES = ("dice_focal", "dice", "focal", "jaccard")  # model.LOSSES
 MONITOR_NAMES = ("val_dice", "val_loss", "last")  # model.MONITORS and "last"
+STRATEGY_NAMES = ("none", "mirrored", "multi_worker")  # distribute.STRATEGIES
 LR_SCHEDULE_NAMES = ("plateau", "cosine", "constant")  # model.LR_SCHEDULES
 ENCODER_WEIGHTS = (None, "imagenet")  # model.ENCODER_WEIGHTS
 POSTPROCESS_NAMES = ("none", "largest_component")  # inference.POSTPROCESS
@@ -216,6 +217,8 @@ TRAIN = {
     "focal_weight": number(0, 100),
     "mlflow_experiment": text(),
     "registered_model": text(),  # model.check_train_params refuses '/' in it
+    "distribute": one_of(*STRATEGY_NAMES),
+    "mixed_precision": flag(),
     "augment": section(AUGMENT),
 }
 INFERENCE = {

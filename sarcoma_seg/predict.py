@@ -27,25 +27,39 @@ MONTAGE_SLICES = 12  # tumour slices shown in the overlay, evenly spread over th
 
 
 def model_folder(uri: str, scratch: Path) -> Path:
-    """A local folder holding model.h5 and preprocessing.json, from a path or an MLflow URI."""
-    from sarcoma_seg.model import MODEL_FILE
-
+    """A local folder holding model.h5 and preprocessing.json, from a path or an MLflow URI
+    (a registry version through the local cache, sarcoma_seg.model_cache)."""
     if uri.startswith(MLFLOW_SCHEMES):
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
+        from sarcoma_seg.model_cache import cached_model
         from sarcoma_seg.tracking import tracking_uri
 
-        mlflow.set_tracking_uri(tracking_uri())
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch))
-        except (MlflowException, OSError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
-    else:
-        local = Path(uri)
-        if not local.exists():
-            raise SarcomaSegError(f"model {uri}: no such folder, and not a runs:/ or models:/ URI")
+        cached = cached_model(uri, tracking_uri(), lambda dst: model_files(download(uri, dst), uri))
+        return cached or model_files(download(uri, scratch), uri)
+    local = Path(uri)
+    if not local.exists():
+        raise SarcomaSegError(f"model {uri}: no such folder, and not a runs:/ or models:/ URI")
+    return model_files(local, uri)
+
+
+def download(uri: str, scratch: Path) -> Path:
+    """The artifacts of an MLflow URI, downloaded into scratch."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from sarcoma_seg.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch))
+    except (MlflowException, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
+
+
+def model_files(local: Path, uri: str) -> Path:
+    """The folder below local that holds model.h5 with preprocessing.json."""
+    from sarcoma_seg.model import MODEL_FILE
+
     for folder in (local, local / "artifacts", local / "model" / "artifacts"):
         if (folder / MODEL_FILE).is_file() and (folder / CONFIG_NAME).is_file():
             return folder
@@ -89,7 +103,6 @@ def predict_scan(
     """Segment one scan and write mask, overlay and summary into out (all or nothing)."""
     from tqdm import tqdm
 
-    from sarcoma_seg.model import MODEL_FILE, load_unet
     from sarcoma_seg.plots import overlay_montage
 
     start = time.perf_counter()
@@ -99,6 +112,8 @@ def predict_scan(
         if inference is None:
             raise SarcomaSegError(f"model {model_uri}: {CONFIG_NAME} has no inference section")
         check_compatible(scan, pre)
+        from sarcoma_seg.model import MODEL_FILE, load_unet  # TensorFlow: only once input is good
+
         model = load_unet(folder / MODEL_FILE)
     with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
         mask = segment_volume(model, pre, scan.ct, inference, scan.pet, batch_size, bar.update)

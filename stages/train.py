@@ -8,9 +8,9 @@ from typing import Any
 import mlflow
 import tensorflow as tf
 
-from sarcoma_seg import checkpoint, runlog, tracking
+from sarcoma_seg import checkpoint, distribute, pipeline_input, runlog, tracking
 from sarcoma_seg.checkpoint import Checkpoint
-from sarcoma_seg.dataset import SliceSet, batch_sequence, load_slice_set
+from sarcoma_seg.dataset import SliceSet, load_slice_set
 from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config
 from sarcoma_seg.model import (
@@ -50,10 +50,18 @@ def fit_member(
     history."""
     tp = params["train"]
     seed_everything(seed)
+    distribute.set_precision(tp["mixed_precision"])
     model = build_unet(tp["backbone"], tp["encoder_weights"], pre.input_channels, tp["bn_momentum"])
+    model = distribute.float32_output(model)
     augment = build_augmentation(tp["augment"], pre.image_size, seed, pre.pet_window is not None)
-    batches = batch_sequence(train_set, tp["batch_size"], augment, seed, tp["tumour_fraction"])
-    compile_unet(model, tp, len(batches))
+    state = ckpt.load() if ckpt else None
+    if state is not None and state["member"] != member:
+        state = None  # the checkpoint is an earlier member's last epoch: this one starts afresh
+    first = state["epoch"] if state else 0  # every batch is a function of (seed, epoch, position)
+    batches = pipeline_input.train_batches(
+        train_set, tp["batch_size"], augment, seed, tp["epochs"], tp["tumour_fraction"], first
+    )
+    compile_unet(model, tp, batches.steps)
     # best weights beside the checkpoint, so a resumed training still has them
     weights = (ckpt.folder if ckpt else work) / f"best-{member}.weights.h5"
     monitor = tp.get("monitor", "val_loss")
@@ -85,12 +93,7 @@ def fit_member(
                 patience=tp["lr_patience"],
             )
         )
-    state = ckpt.load() if ckpt else None
-    if state is not None and state["member"] != member:
-        state = None  # the checkpoint is an earlier member's last epoch: this one starts afresh
-    saver = (
-        checkpoint.epoch_checkpoint(ckpt, batches, callbacks[:], member, state) if ckpt else None
-    )
+    saver = checkpoint.epoch_checkpoint(ckpt, callbacks[:], member, state) if ckpt else None
     # the checkpoint before the logger: a kill between them loses no epoch (backfill resends it)
     callbacks += [saver] if saver else []
     callbacks.append(runlog.epoch_logger(outbox, log_prefix))
@@ -104,12 +107,15 @@ def fit_member(
         if state is not None:
             print(f"resuming {log_prefix or 'training'} after epoch {state['epoch']}")
         fit = model.fit(
-            batches,
-            validation_data=batch_sequence(val_set, tp["batch_size"]) if validate else None,
+            batches.dataset,
+            steps_per_epoch=batches.steps,
+            validation_data=pipeline_input.eval_batches(val_set, tp["batch_size"])
+            if validate
+            else None,
             epochs=tp["epochs"],
-            initial_epoch=state["epoch"] if state else 0,
+            initial_epoch=first,
             callbacks=callbacks,
-            shuffle=False,  # the sequence shuffles itself with the seed
+            shuffle=False,  # the input shuffles itself with the seed
             verbose=2,
         )
         history = saver.history if saver else fit.history
@@ -231,6 +237,8 @@ def main() -> None:
     """Validate params, train inside one MLflow run (resuming a killed training from its
     checkpoint), write the model, history and metrics, then finish the logging."""
     params = load_params()
+    strategy = distribute.make_strategy(params["train"]["distribute"])  # before any TF op
+    params = distribute.worker_params(params)  # non-chief workers: temporary outputs
     paths, tp = params["paths"], params["train"]
     check_train_params(tp)
     check_image_size(params["base"]["image_size"])
@@ -243,7 +251,7 @@ def main() -> None:
     runlog.configure_http_retries()
     uri = tracking.tracking_uri()
     runlog.check_reachable(uri)  # before anything is trained or written
-    root = tracking.repo_root()
+    root = distribute.state_root(params, tracking.repo_root())
     ckpt = checkpoint.open_checkpoint(
         root, checkpoint.checkpoint_key(params, Path(paths["preprocessed"]))
     )
@@ -259,7 +267,8 @@ def main() -> None:
     try:
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
-        model, history = train(train_set, val_set, params, pre, out, ckpt, outbox)
+        with strategy.scope():
+            model, history = train(train_set, val_set, params, pre, out, ckpt, outbox)
         save_unet(model, out / MODEL_FILE)
         write_history(history, plots / "history.csv")
         for key in ("loss", "iou_score"):

@@ -27,6 +27,12 @@ def tiny_params() -> dict[str, Any]:
     return params
 
 
+@pytest.fixture(autouse=True, scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """predict caches registry models in a temporary folder, never the user's ~/.cache."""
+    os.environ["SARCOMA_SEG_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data beside the project; tests that need it skip where it is absent."""

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from sarcoma_seg import checkpoint
-from sarcoma_seg.dataset import SliceSet, batch_sequence
+from sarcoma_seg.dataset import SliceSet
+from sarcoma_seg.pipeline_input import train_batches
 from sarcoma_seg.transforms import build_augmentation
 from tests.conftest import copy_project, ran, run, tiny_params
 
@@ -84,7 +84,7 @@ def forget_training(repo: Path) -> None:
     shutil.rmtree(repo / ".dvc" / "cache" / "runs")
 
 
-def test_restored_sequence_gives_the_next_epoch_an_uninterrupted_one_gives() -> None:
+def test_resumed_input_gives_the_batches_an_uninterrupted_one_gives() -> None:
     params = tiny_params()
     rng = np.random.default_rng(0)
     data = SliceSet(
@@ -94,25 +94,22 @@ def test_restored_sequence_gives_the_next_epoch_an_uninterrupted_one_gives() -> 
         np.arange(10),
         {"p": [1.0, 1.0, 1.0]},
     )
+    # every transform on, so each one's randomness is exercised
+    augment = {k: dict(v, enabled=True, p=1.0) for k, v in params["train"]["augment"].items()}
 
-    def sequence():  # augmentation with every transform on, so each generator is exercised
-        augment = {k: dict(v, enabled=True, p=1.0) for k, v in params["train"]["augment"].items()}
-        return batch_sequence(data, 4, build_augmentation(augment, 32, 7, pet=True), 7, 0.5)
+    def batches(first_epoch: int) -> list[np.ndarray]:
+        made = train_batches(
+            data, 4, build_augmentation(augment, 32, 7, pet=True), 7, 3, 0.5, first_epoch
+        )
+        assert made.steps == 3
+        return [images.numpy() for images, _ in made.dataset]
 
-    def epoch(batches) -> list[np.ndarray]:
-        return [batches[i][0] for i in range(len(batches))]
-
-    whole = sequence()
-    whole[0]  # Keras peeks at the first batch before training
-    epoch(whole)
-    snapshot = (checkpoint.sequence_state(whole), whole.order.copy())
-    whole.on_epoch_end()
-    expected = epoch(whole)
-    resumed = sequence()
-    resumed[0]  # the resumed fit peeks too, before the state is put back
-    checkpoint.restore_sequence(resumed, *snapshot)
-    for got, want in zip(epoch(resumed), expected, strict=True):
+    whole = batches(0)
+    resumed = batches(2)  # a training killed after epoch 2 of 3 resumes with epoch 3's batches
+    assert len(whole) == 9 and len(resumed) == 3
+    for got, want in zip(resumed, whole[6:], strict=True):
         assert np.array_equal(got, want)
+    assert not np.array_equal(whole[0], whole[3])  # each epoch draws anew
 
 
 @pytest.fixture(scope="module")

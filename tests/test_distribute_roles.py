@@ -1,0 +1,54 @@
+"""Who is the chief of a TF_CONFIG cluster, what the other workers write, and the refusals."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sarcoma_seg.distribute import is_chief, make_strategy, tf_config, worker_params
+from sarcoma_seg.errors import SarcomaSegError
+from tests.conftest import tiny_params
+
+TWO = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+
+
+@pytest.mark.parametrize(
+    ("config", "chief"),
+    [
+        ({}, True),
+        ({"cluster": TWO, "task": {"type": "worker", "index": 0}}, True),
+        ({"cluster": TWO, "task": {"type": "worker", "index": 1}}, False),
+        ({"cluster": TWO | {"chief": ["h:3"]}, "task": {"type": "worker", "index": 0}}, False),
+        ({"cluster": TWO | {"chief": ["h:3"]}, "task": {"type": "chief", "index": 0}}, True),
+    ],
+)
+def test_the_chief_is_task_chief_or_worker_0(config: dict, chief: bool) -> None:
+    assert is_chief(config) is chief
+
+
+def test_other_workers_write_to_a_temporary_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = tiny_params()
+    params["train"]["distribute"] = "multi_worker"
+    task = {"cluster": TWO, "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(task))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///real.db")
+    moved = worker_params(params)
+    for key in ("model", "metrics", "plots", "figures"):
+        assert Path(moved["paths"][key]).is_relative_to(Path(moved["paths"]["model"]).parent)
+        assert "sarcoma-seg-worker-" in moved["paths"][key]
+    assert moved["paths"]["preprocessed"] == params["paths"]["preprocessed"]  # reads the data
+    assert "sarcoma-seg-worker-" in os.environ["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps(task | {"task": {"type": "worker", "index": 0}}))
+    assert worker_params(params) is params  # the chief writes the real outputs
+
+
+def test_multi_worker_needs_a_valid_tf_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(SarcomaSegError, match="needs TF_CONFIG"):
+        make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(SarcomaSegError, match="TF_CONFIG: not valid JSON"):
+        tf_config()
+    with pytest.raises(SarcomaSegError, match="train.distribute='gpu' is not allowed"):
+        make_strategy("gpu")

@@ -1,0 +1,62 @@
+"""The local cache of registry models: fetched once per (store, name, version), checked by
+SHA-256 on reuse, refetched when tampered with; aliases and runs:/ are not cached."""
+
+from pathlib import Path
+
+import pytest
+
+from sarcoma_seg.model_cache import CACHE_ENV, cache_key, cached_model
+
+
+@pytest.fixture
+def fetches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The cache in tmp_path; the list records every fetch made."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    return []
+
+
+def fake_fetch(calls: list[Path]):
+    """A fetch that writes model.h5 and preprocessing.json into a subfolder, like MLflow."""
+
+    def fetch(dst: Path) -> Path:
+        calls.append(dst)
+        folder = dst / "artifacts"
+        folder.mkdir(parents=True)
+        (folder / "model.h5").write_bytes(b"weights")
+        (folder / "preprocessing.json").write_text("{}")
+        return folder
+
+    return fetch
+
+
+def test_only_fixed_registry_versions_are_cached() -> None:
+    assert cache_key("models:/sarcoma-seg/3", "sqlite:///a.db").endswith("/sarcoma-seg/3")
+    assert cache_key("models:/sarcoma-seg/3", "sqlite:///a.db") != cache_key(
+        "models:/sarcoma-seg/3", "sqlite:///b.db"
+    )
+    for uri in ("models:/sarcoma-seg/latest", "models:/sarcoma-seg@champion", "runs:/abc/model"):
+        assert cache_key(uri, "sqlite:///a.db") is None
+
+
+def test_second_call_reuses_the_verified_copy_and_a_tampered_one_is_refetched(
+    fetches: list[Path],
+) -> None:
+    fetch = fake_fetch(fetches)
+    first = cached_model("models:/m/1", "store", fetch)
+    assert (first / "model.h5").read_bytes() == b"weights" and len(fetches) == 1
+    assert cached_model("models:/m/1", "store", fetch) == first and len(fetches) == 1
+    (first / "model.h5").write_bytes(b"other weights")
+    again = cached_model("models:/m/1", "store", fetch)
+    assert (again / "model.h5").read_bytes() == b"weights" and len(fetches) == 2
+    assert not any(p.name.startswith(".fetch-") for p in again.parent.iterdir())
+    assert cached_model("models:/m/latest", "store", fetch) is None
+
+
+def test_a_failed_fetch_leaves_nothing_cached(fetches: list[Path]) -> None:
+    def broken(dst: Path) -> Path:
+        raise OSError("network down")
+
+    with pytest.raises(OSError):
+        cached_model("models:/m/2", "store", broken)
+    assert cached_model("models:/m/2", "store", fake_fetch(fetches)) is not None
+    assert len(fetches) == 1
