@@ -45,8 +45,9 @@ def default_model(folder: Path, pet: bool = True) -> Path:
         build_unet(tp["backbone"], None, pre.input_channels, tp["bn_momentum"])
         for _ in range(tp.get("ensemble", 1))
     ]
-    save_unet(average_members(members, pre.input_channels), folder / MODEL_FILE)
-    save_config(folder / "preprocessing.json", pre, check_inference(params["inference"]))
+    model = average_members(members, pre.input_channels)
+    section = save_unet(model, folder / MODEL_FILE, tp["backbone"])
+    save_config(folder / "preprocessing.json", pre, check_inference(params["inference"]), section)
     return folder
 
 

@@ -89,7 +89,7 @@ def predict_scan(
     """Segment one scan and write mask, overlay and summary into out (all or nothing)."""
     from tqdm import tqdm
 
-    from sarcoma_seg.model import MODEL_FILE, load_unet
+    from sarcoma_seg.model import load_unet
     from sarcoma_seg.plots import overlay_montage
 
     start = time.perf_counter()
@@ -99,7 +99,7 @@ def predict_scan(
         if inference is None:
             raise SarcomaSegError(f"model {model_uri}: {CONFIG_NAME} has no inference section")
         check_compatible(scan, pre)
-        model = load_unet(folder / MODEL_FILE)
+        model = load_unet(folder)
     with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
         mask = segment_volume(model, pre, scan.ct, inference, scan.pet, batch_size, bar.update)
     summary = {"input": scan.name, "model": model_uri, "shape": list(scan.ct.shape)}

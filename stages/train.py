@@ -173,7 +173,8 @@ def main() -> None:
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
         model, history = train(train_set, val_set, params, pre, out)
-        save_unet(model, out / MODEL_FILE)
+        section = save_unet(model, out / MODEL_FILE, tp["backbone"])
+        mlflow.set_tag("model.weights_sha256", section["weights_sha256"])
         write_history(history, plots / "history.csv")
         for key in ("loss", "iou_score"):
             history_figure(history, key, figures / f"{key}.png")
@@ -185,7 +186,7 @@ def main() -> None:
         (Path(paths["metrics"]) / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
         mlflow.log_artifact(str(plots / "history.csv"), artifact_path="plots")
-        log_pyfunc(out / MODEL_FILE, pre, inference, out, tp["registered_model"])
+        log_pyfunc(out / MODEL_FILE, pre, inference, out, tp["registered_model"], section)
         tracking.write_run_info(out / "mlflow_run.json", run)
     print(f"best epoch {best + 1}: {summary}")
 
