@@ -189,7 +189,7 @@ def file_sha256(path: Path) -> str:
 def save_unet(model: tf.keras.Model, path: Path, backbone: str) -> dict[str, Any]:
     """Write the weights only (HDF5) and return the `model` section of preprocessing.json that
     load_unet rebuilds the architecture from: backbone, channels, members and the file's hash."""
-    members = [layer for layer in model.layers if layer.name.startswith("member_")]
+    members = [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
     model.save_weights(str(path), save_format="h5")
     return {
         "backbone": backbone,
