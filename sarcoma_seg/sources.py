@@ -2,15 +2,14 @@
 
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sarcoma_seg import __version__, config, kaggle_source, phantom, readers
 from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.volumes import (
     STORE,
     Volume,
@@ -175,34 +174,13 @@ def build_manifest(
     }
 
 
-def replace_dir(new: Path, target: Path) -> None:
-    """Put directory new in target's place; the old target is removed only after the swap."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        old.rmdir()
-        target.rename(old)
-    try:
-        new.rename(target)
-    except OSError:
-        if old is not None:
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
     """Fetch data.source into out_dir with a manifest.json, replacing out_dir only on success."""
     if not isinstance(data_params, dict):
         raise SarcomaSegError("params.yaml: section data must be a mapping")
     source = choice("data.source", data_params.get("source"), SOURCES)
     spacing = check_spacing(data_params.get("spacing"))
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; it becomes the ordinary data/raw
+    with staged_dir(Path(out_dir)) as tmp:  # out_dir replaced only when all is written
         loaded = SOURCES[source](tmp, data_params, seed)  # reads and validates every input
         volumes = loaded[0]
         if not volumes:
@@ -215,10 +193,6 @@ def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
         manifest = build_manifest(source, data_params, seed, loaded, spacing, warnings)
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         (tmp / MANIFEST_NAME).write_text(text)
-        replace_dir(tmp, out_dir)
-        for warning in warnings:  # printed once the data are in place: they do not stop it
-            print(f"warning: {warning}", file=sys.stderr)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for warning in warnings:  # printed once the data are in place: they do not stop it
+        print(f"warning: {warning}", file=sys.stderr)
     return manifest

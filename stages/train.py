@@ -27,6 +27,7 @@ from sarcoma_seg.model import (
 from sarcoma_seg.params import check_image_size, load_params
 from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
+from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.transforms import Preprocessing, build_augmentation
 
 SYSTEM_METRICS_SECONDS = 5  # CPU, memory (and GPU where present) every 5 s: minutes-long runs
@@ -163,13 +164,17 @@ def main() -> None:
     train_set = load_slice_set(Path(paths["preprocessed"]) / "train.npz")
     val_set = load_slice_set(Path(paths["preprocessed"]) / "val.npz")
     check_validation(val_set, tp.get("monitor", "val_loss"))
-    out, plots, figures = Path(paths["model"]), Path(paths["plots"]), Path(paths["figures"])
-    for folder in (out, plots, figures):
+    plots, figures = Path(paths["plots"]), Path(paths["figures"])
+    for folder in (plots, figures):
         folder.mkdir(parents=True, exist_ok=True)
     tracking.use_experiment(tp["mlflow_experiment"])
     name, tags = tracking.run_identity(params)
     mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
-    with mlflow.start_run(run_name=name, tags=tags, log_system_metrics=True) as run:
+    # the model folder is swapped in whole at the end: a failed run keeps the last good model
+    with (
+        staged_dir(Path(paths["model"])) as out,
+        mlflow.start_run(run_name=name, tags=tags, log_system_metrics=True) as run,
+    ):
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
         model, history = train(train_set, val_set, params, pre, out)
