@@ -2,7 +2,7 @@
 
 import contextlib
 import hashlib
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from sarcoma_seg.errors import SarcomaSegError, choice
 
-# segmentation-models prints a banner on stdout at import: it goes to stderr, so that predict's
-# stdout holds only its JSON
-with contextlib.redirect_stdout(sys.stderr):
+# segmentation-models prints a banner on stdout at import: silenced, so that predict's stdout
+# holds only its JSON and stderr only what went wrong
+with open(os.devnull, "w") as _quiet, contextlib.redirect_stdout(_quiet):
     import segmentation_models as sm
 from sarcoma_seg.params import check_positive_int
 
