@@ -370,7 +370,7 @@ def test_the_trained_folder_predicts_and_the_pyfunc_refuses_nan(
         ["--no-progress", str(scan), "--model", str(trained), "--out", str(tmp_path / "o")]
     )
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["input"] == scan.name  # stdout is the JSON alone
+    assert json.loads(captured.out)["input"] == str(scan)  # stdout is the JSON alone
     context = SimpleNamespace(
         artifacts={
             "keras_model": str(trained / MODEL_FILE),
@@ -407,7 +407,7 @@ def test_predict_output_pipes_into_json_tool(trained: Path, scan: Path, tmp_path
         [sys.executable, "-m", "json.tool"], stdin=producer.stdout, capture_output=True, text=True
     )
     assert producer.wait() == 0 and tool.returncode == 0, tool.stderr
-    assert json.loads(tool.stdout)["input"] == scan.name
+    assert json.loads(tool.stdout)["input"] == str(scan)
 
 
 def write_tiny_params(project: Path, **data: Any) -> None:
