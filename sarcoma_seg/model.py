@@ -11,12 +11,12 @@ import numpy as np
 import tensorflow as tf
 
 from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.params import check_positive_int
 
 # segmentation-models prints a banner on stdout at import: silenced, so that predict's stdout
 # holds only its JSON and stderr only what went wrong
 with open(os.devnull, "w") as _quiet, contextlib.redirect_stdout(_quiet):
     import segmentation_models as sm
-from sarcoma_seg.params import check_positive_int
 
 ENCODER_WEIGHTS = (None, "imagenet")
 TUMOUR_PRIOR = 0.01  # tumour is ~1% of pixels: start the head there, not at 0.5 (Lin et al. 2017)
@@ -175,6 +175,7 @@ def mean_history(histories: list[dict[str, list[float]]]) -> dict[str, list[floa
 MODEL_FILE = "model.h5"  # weights only, HDF5: the architecture comes from build_unet
 SHA256_HEX = 64  # characters of a hex SHA-256 digest
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing the weights file
+NO_PATIENT = 1 << 16  # volumes.check_h5_links' patient_part: no weight name names a patient
 
 
 def file_sha256(path: Path) -> str:
@@ -200,7 +201,8 @@ def save_unet(model: tf.keras.Model, path: Path, backbone: str) -> dict[str, Any
 
 
 def check_model_section(where: Path, section: dict[str, Any] | None) -> dict[str, Any]:
-    """The stored `model` section within our limits (config.MODEL_SECTION checked its types)."""
+    """The stored `model` section, present and naming a known backbone and a SHA-256 (the
+    MODEL_CONFIG schema has checked its keys, types and limits)."""
     if section is None:
         raise SarcomaSegError(
             f"{where}: no model section, so {MODEL_FILE} is an old whole-model file that "
@@ -289,9 +291,6 @@ def check_weights_file(path: Path, model: tf.keras.Model) -> None:
         raise SarcomaSegError(f"{path}: not a readable HDF5 weights file ({reason})") from exc
     if problem:
         raise SarcomaSegError(problem)
-
-
-NO_PATIENT = 1 << 16  # check_h5_links: weight names never name a patient
 
 
 def rebuild_unet(section: dict[str, Any]) -> tf.keras.Model:
