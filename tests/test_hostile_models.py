@@ -478,3 +478,23 @@ def test_sigterm_during_a_stage_removes_its_staging_folder(tmp_path: Path) -> No
     assert err.strip().splitlines()[-1] == "error: terminated"
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
     assert (previous / "manifest.json").read_text() == '{"previous": true}\n'
+
+
+# --- the one runner ----------------------------------------------------------------------------
+
+
+def test_run_cli_turns_anticipated_failures_into_one_line_and_keeps_bugs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "split.json"
+    for failing, expected in (
+        (lambda: json.loads(missing.read_text()), f"error: {missing}: No such file or directory"),
+        (lambda: json.loads('{"test": '), "error: invalid JSON (Expecting value: line 1 column 11"),
+        (lambda: h5py.File(tmp_path, "r"), "error: "),
+    ):
+        capsys.readouterr()  # the previous case's printed line
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(failing)
+        assert one_error_line(capsys, int(exit_info.value.code)).startswith(expected)
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        run_cli(lambda: {}["train"])
