@@ -489,7 +489,7 @@ def test_run_cli_turns_anticipated_failures_into_one_line_and_keeps_bugs(
     missing = tmp_path / "split.json"
     for failing, expected in (
         (lambda: json.loads(missing.read_text()), f"error: {missing}: No such file or directory"),
-        (lambda: json.loads('{"test": '), "error: invalid JSON (Expecting value: line 1 column 11"),
+        (lambda: json.loads('{"test": '), "error: invalid JSON (Expecting value: line 1 column 10"),
         (lambda: h5py.File(tmp_path, "r"), "error: "),
     ):
         capsys.readouterr()  # the previous case's printed line
