@@ -38,7 +38,8 @@ def anticipated(exc: BaseException) -> str | None:
     if isinstance(exc, json.JSONDecodeError):
         return f"invalid JSON ({exc})"
     if isinstance(exc, OSError):
-        reason = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        # h5py's messages span lines: joined, so that the error stays one line
+        reason = " ".join(str(exc.strerror or exc).split()) or type(exc).__name__
         return f"{exc.filename}: {reason}" if exc.filename else reason
     return None
 
