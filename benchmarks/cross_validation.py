@@ -66,12 +66,12 @@ def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float
         volume_probabilities,
     )
     from sarcoma_seg.metrics import volume_scores
-    from sarcoma_seg.model import MODEL_FILE, load_unet
+    from sarcoma_seg.model import load_unet
     from sarcoma_seg.volumes import load_volumes
 
     model_dir = workdir / params["paths"]["model"]
     pre, inference = load_config(model_dir / CONFIG_NAME)
-    model = load_unet(model_dir / MODEL_FILE)
+    model = load_unet(model_dir)
     test_ids = json.loads((workdir / params["paths"]["split"]).read_text())["test"]
     volumes = load_volumes(workdir / params["paths"]["raw"], test_ids)
     variants = {

@@ -53,8 +53,9 @@ def default_model(folder: Path, pet: bool = True) -> Path:
         build_unet(tp["backbone"], None, pre.input_channels, tp["bn_momentum"])
         for _ in range(tp.get("ensemble", 1))
     ]
-    save_unet(average_members(members, pre.input_channels), folder / MODEL_FILE)
-    save_config(folder / "preprocessing.json", pre, check_inference(params["inference"]))
+    model = average_members(members, pre.input_channels)
+    section = save_unet(model, folder / MODEL_FILE, tp["backbone"])
+    save_config(folder / "preprocessing.json", pre, check_inference(params["inference"]), section)
     return folder
 
 
@@ -98,7 +99,7 @@ t = time.perf_counter()
 folder = model_folder(sys.argv[2], Path(tempfile.mkdtemp()))
 pre, inference = load_config(folder / CONFIG_NAME)
 check_compatible(scan, pre)
-model = load_unet(folder / MODEL_FILE)
+model = load_unet(folder)
 marks["model load"] = time.perf_counter() - t
 t = time.perf_counter()
 mask = segment_volume(model, pre, scan.ct, inference, scan.pet, None, None)

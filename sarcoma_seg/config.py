@@ -38,6 +38,7 @@ MAX_SYNTHETIC_SIDE = 512  # a phantom no larger than a real CT matrix (512 x 512
 MIN_SYNTHETIC_SIDE = 8  # phantom.MIN_SHAPE's smallest axis; phantom checks each axis's minimum
 MAX_EPOCHS = 1000  # a CT set gives tens of steps per epoch; 1000 epochs is a typo, not a plan
 MAX_ENSEMBLE = 10  # every member is a whole training and multiplies inference time
+MAX_MODEL_CHANNELS = MAX_CHANNELS + 1  # a stored model: the CT channels plus PET
 MAX_BATCH_SIZE = 512  # 64x the 8 used here: larger batches only exhaust memory on these models
 MAX_FIGURE_SLICES = 32  # rows of the evaluation figure; more makes an unreadable image
 MAX_SOURCES = 20  # data.sources entries merged into one run
@@ -253,6 +254,18 @@ MODEL_CONFIG = {
     "units": optional(one_of(*UNITS)),
     "hu_windows": optional(PREPROCESS["hu_windows"]),
     "inference": optional(section(STORED_INFERENCE, nullable=True)),
+    # what load_unet rebuilds the architecture from (model.save_unet writes it); older models
+    # lack it and are refused there, by name
+    "model": optional(
+        section(
+            {
+                "backbone": text(),
+                "channels": integer(1, MAX_MODEL_CHANNELS),
+                "members": integer(1, MAX_ENSEMBLE),
+                "weights_sha256": text(),
+            }
+        )
+    ),
 }
 
 

@@ -33,22 +33,38 @@ def check_inference(inference: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def save_config(path: Path, pre: Preprocessing, inference: dict[str, Any] | None = None) -> None:
-    """Write the preprocessing (and, once there is a model, how it infers) beside the data."""
+def save_config(
+    path: Path,
+    pre: Preprocessing,
+    inference: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+) -> None:
+    """Write the preprocessing (and, once there is a model, how it infers and the model section
+    that model.load_unet rebuilds it from) beside the data."""
     config = {**asdict(pre), "inference": inference}
+    if model is not None:
+        config["model"] = model
     Path(path).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
-    """Read what save_config wrote, every key checked against config.MODEL_CONFIG first."""
+def read_config(path: Path) -> dict[str, Any]:
+    """The raw dict save_config wrote, every key checked against config.MODEL_CONFIG first."""
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise SarcomaSegError(f"{path}: cannot read the preprocessing ({exc})") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SarcomaSegError(f"{path}: cannot read the preprocessing ({reason})") from exc
     try:
         check_model_config(config)
     except SarcomaSegError as exc:
         raise SarcomaSegError(f"{path}: {exc}") from None
+    return config
+
+
+def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
+    """Read what save_config wrote: the preprocessing and the inference section."""
+    config = read_config(path)
+    config.pop("model", None)  # model.load_unet reads it
     inference = config.pop("inference", None)
     for key in ("hu_window", "pet_window"):
         if config.get(key) is not None:

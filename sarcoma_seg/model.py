@@ -1,15 +1,22 @@
 """The segmentation-models U-Net, its losses and metrics, and deterministic setup."""
 
-import warnings
+import contextlib
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
-import segmentation_models as sm
 import tensorflow as tf
 
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.params import check_positive_int
+
+# segmentation-models prints a banner on stdout at import: silenced, so that predict's stdout
+# holds only its JSON and stderr only what went wrong
+with open(os.devnull, "w") as _quiet, contextlib.redirect_stdout(_quiet):
+    import segmentation_models as sm
 
 ENCODER_WEIGHTS = (None, "imagenet")
 TUMOUR_PRIOR = 0.01  # tumour is ~1% of pixels: start the head there, not at 0.5 (Lin et al. 2017)
@@ -165,18 +172,155 @@ def mean_history(histories: list[dict[str, list[float]]]) -> dict[str, list[floa
     return {k: np.mean([h[k] for h in histories], axis=0).tolist() for k in histories[0]}
 
 
-MODEL_FILE = "model.h5"  # HDF5: tf-keras reads a .keras zip ~60x slower (38 s vs 0.6 s here)
+MODEL_FILE = "model.h5"  # weights only, HDF5: the architecture comes from build_unet
+SHA256_HEX = 64  # characters of a hex SHA-256 digest
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing the weights file
+NO_PATIENT = 1 << 16  # volumes.check_h5_links' patient_part: no weight name names a patient
 
 
-def save_unet(model: tf.keras.Model, path: Path) -> None:
-    """Save the whole model (architecture + weights) as one HDF5 file."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
-        model.save(path, save_format="h5", include_optimizer=False)
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def load_unet(path: Path) -> tf.keras.Model:
-    """Load a saved U-Net for inference; compile=False because sm losses do not deserialize."""
-    if not Path(path).exists():
+def save_unet(model: tf.keras.Model, path: Path, backbone: str) -> dict[str, Any]:
+    """Write the weights only (HDF5) and return the `model` section of preprocessing.json that
+    load_unet rebuilds the architecture from: backbone, channels, members and the file's hash."""
+    members = [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
+    model.save_weights(str(path), save_format="h5")
+    return {
+        "backbone": backbone,
+        "channels": int(model.input_shape[-1]),
+        "members": max(1, len(members)),
+        "weights_sha256": file_sha256(path),
+    }
+
+
+def check_model_section(where: Path, section: dict[str, Any] | None) -> dict[str, Any]:
+    """The stored `model` section, present and naming a known backbone and a SHA-256 (the
+    MODEL_CONFIG schema has checked its keys, types and limits)."""
+    if section is None:
+        raise SarcomaSegError(
+            f"{where}: no model section, so {MODEL_FILE} is an old whole-model file that "
+            "loading would execute; retrain it"
+        )
+    choice(f"{where}: model.backbone", section["backbone"], backbones())
+    sha = section["weights_sha256"]
+    if len(sha) != SHA256_HEX or any(c not in "0123456789abcdef" for c in sha):
+        raise SarcomaSegError(f"{where}: model.weights_sha256={sha!r} is not a SHA-256 hex digest")
+    return section
+
+
+def expected_weights(model: tf.keras.Model) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{dataset path: (shape, dtype)} that Keras' HDF5 save_weights writes for this model."""
+    # tf-keras saves each layer's trainable then non-trainable weights under its layer's group
+    return {
+        f"{layer.name}/{w.name}": (tuple(int(d) for d in w.shape), w.dtype.name)
+        for layer in model.layers
+        for w in layer.trainable_weights + layer.non_trainable_weights
+    }
+
+
+def stored_weights(h5: h5py.File) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{dataset path: (shape, dtype)} of every dataset in a weights file, headers only."""
+    found: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def visit(name: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset):
+            found[name] = (tuple(item.shape), item.dtype.name)
+
+    h5.visititems(visit)
+    return found
+
+
+def stored_names(group: h5py.Group, key: str) -> list[str]:
+    """A tf-keras name-list attribute (split into key0, key1, ... when long), as strings."""
+    chunks = [key] if key in group.attrs else []
+    while f"{key}{len(chunks)}" in group.attrs:
+        chunks.append(f"{key}{len(chunks)}")
+    return [
+        n.decode() if isinstance(n, bytes) else str(n)
+        for chunk in chunks
+        for n in np.asarray(group.attrs[chunk]).ravel()
+    ]
+
+
+def has_weights(group: object) -> bool:
+    """A layer group that lists weights (Keras skips the others when loading by order)."""
+    return isinstance(group, h5py.Group) and len(stored_names(group, "weight_names")) > 0
+
+
+def weights_problem(path: Path, h5: h5py.File, model: tf.keras.Model) -> str | None:
+    """Why a weights file does not fit the rebuilt model (datasets, shapes, dtypes, the layer
+    order Keras loads by), or None; only headers and name lists are read."""
+    expected, found = expected_weights(model), stored_weights(h5)
+    for name in sorted(expected.keys() - found.keys())[:1]:
+        return f"{path}: weights {name} missing; the file does not fit its model section"
+    for name in sorted(found.keys() - expected.keys())[:1]:
+        return f"{path}: unexpected dataset {name}; the file does not fit its model section"
+    for name in sorted(n for n in expected if expected[n] != found[n])[:1]:
+        (want, want_type), (got, got_type) = expected[name], found[name]
+        return f"{path}: weights {name} are {got} {got_type}, the model needs {want} {want_type}"
+    # Keras loads by order, layer by layer: the listed order must be the model's
+    weighted = [layer for layer in model.layers if layer.weights]
+    listed = [n for n in stored_names(h5, "layer_names") if n in h5 and has_weights(h5[n])]
+    if listed != [layer.name for layer in weighted]:
+        return f"{path}: layer_names lists the layers out of the model's order"
+    for layer in weighted:
+        names = [w.name for w in layer.trainable_weights + layer.non_trainable_weights]
+        if stored_names(h5[layer.name], "weight_names") != names:
+            return f"{path}: {layer.name} lists its weights out of the model's order"
+    return None
+
+
+def check_weights_file(path: Path, model: tf.keras.Model) -> None:
+    """Open the weights file with h5py only: no links out of it, every dataset as the model
+    needs; a damaged file is one line."""
+    from sarcoma_seg.volumes import check_h5_links
+
+    try:
+        with h5py.File(path, "r") as h5:
+            check_h5_links(path, h5, patient_part=NO_PATIENT)
+            problem = weights_problem(path, h5, model)
+    except OSError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SarcomaSegError(f"{path}: not a readable HDF5 weights file ({reason})") from exc
+    if problem:
+        raise SarcomaSegError(problem)
+
+
+def rebuild_unet(section: dict[str, Any]) -> tf.keras.Model:
+    """The architecture of a model section, from our own code (no stored code runs)."""
+    channels = section["channels"]
+    members = [build_unet(section["backbone"], None, channels) for _ in range(section["members"])]
+    return average_members(members, channels)
+
+
+def load_unet(folder: Path, config: Path | None = None) -> tf.keras.Model:
+    """A saved U-Net for inference: the architecture rebuilt from the model section of
+    preprocessing.json (or `config`), the weights file checked (hash, links, every dataset's
+    shape and type) before Keras reads it. Nothing stored in the folder is executed."""
+    from sarcoma_seg.inference import CONFIG_NAME, read_config
+
+    folder = Path(folder)
+    path, config = folder / MODEL_FILE, Path(config or folder / CONFIG_NAME)
+    section = check_model_section(config, read_config(config).get("model"))
+    if not path.is_file():
         raise SarcomaSegError(f"{path}: model file not found; run the train stage first")
-    return tf.keras.models.load_model(path, compile=False)
+    if file_sha256(path) != section["weights_sha256"]:
+        raise SarcomaSegError(
+            f"{path}: SHA-256 differs from weights_sha256 in {config}; the file was changed "
+            "or damaged since training"
+        )
+    model = rebuild_unet(section)
+    check_weights_file(path, model)
+    try:
+        model.load_weights(str(path))
+    except (OSError, ValueError) as exc:  # what h5py or Keras raise on data they cannot read
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SarcomaSegError(f"{path}: cannot load the weights ({reason})") from exc
+    return model

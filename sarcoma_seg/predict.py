@@ -9,7 +9,6 @@ geometry, an overlay montage and a JSON summary.
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,50 +16,61 @@ from typing import Any
 
 import numpy as np
 
-from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.config import MAX_BATCH_SIZE
+from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import CONFIG_NAME, components, load_config, segment_volume
 from sarcoma_seg.scans import Scan, read_scan, scan_stem
 from sarcoma_seg.transforms import Preprocessing
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+# where a pyfunc's model.h5 and preprocessing.json lie below a URI: a model's own artifacts, a
+# run's "model" folder, or the URI itself
+MLFLOW_MODEL_DIRS = ("artifacts", "model/artifacts", "")
 MONTAGE_SLICES = 12  # tumour slices shown in the overlay, evenly spread over the slice range
+
+
+def fetch_model_files(uri: str, scratch: Path) -> Path:
+    """Download only model.h5 and preprocessing.json of an MLflow model into scratch: never the
+    pickled pyfunc wrapper or its bundled code, which mlflow.pyfunc.load_model would execute."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from sarcoma_seg.model import MODEL_FILE
+    from sarcoma_seg.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        repo = get_artifact_repository(uri)
+        for prefix in MLFLOW_MODEL_DIRS:
+            names = {Path(item.path).name for item in repo.list_artifacts(prefix or None)}
+            if {MODEL_FILE, CONFIG_NAME} <= names:
+                local = [
+                    Path(repo.download_artifacts(f"{prefix}/{name}".lstrip("/"), str(scratch)))
+                    for name in (MODEL_FILE, CONFIG_NAME)
+                ]
+                return local[0].parent  # where the repository put them, both in one folder
+    except (MlflowException, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
+    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {CONFIG_NAME}")
 
 
 def model_folder(uri: str, scratch: Path) -> Path:
     """A local folder holding model.h5 and preprocessing.json, from a path or an MLflow URI
     (a registry version through the local cache, sarcoma_seg.model_cache)."""
+    from sarcoma_seg.model import MODEL_FILE
+
     if uri.startswith(MLFLOW_SCHEMES):
         from sarcoma_seg.model_cache import cached_model
         from sarcoma_seg.tracking import tracking_uri
 
-        cached = cached_model(uri, tracking_uri(), lambda dst: model_files(download(uri, dst), uri))
-        return cached or model_files(download(uri, scratch), uri)
+        cached = cached_model(uri, tracking_uri(), lambda dst: fetch_model_files(uri, dst))
+        return cached or fetch_model_files(uri, scratch)
     local = Path(uri)
     if not local.exists():
         raise SarcomaSegError(f"model {uri}: no such folder, and not a runs:/ or models:/ URI")
-    return model_files(local, uri)
-
-
-def download(uri: str, scratch: Path) -> Path:
-    """The artifacts of an MLflow URI, downloaded into scratch."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from sarcoma_seg.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch))
-    except (MlflowException, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
-
-
-def model_files(local: Path, uri: str) -> Path:
-    """The folder below local that holds model.h5 with preprocessing.json."""
-    from sarcoma_seg.model import MODEL_FILE
-
-    for folder in (local, local / "artifacts", local / "model" / "artifacts"):
+    for folder in (local, *(local / d for d in MLFLOW_MODEL_DIRS if d)):
         if (folder / MODEL_FILE).is_file() and (folder / CONFIG_NAME).is_file():
             return folder
     raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {CONFIG_NAME}")
@@ -112,9 +122,9 @@ def predict_scan(
         if inference is None:
             raise SarcomaSegError(f"model {model_uri}: {CONFIG_NAME} has no inference section")
         check_compatible(scan, pre)
-        from sarcoma_seg.model import MODEL_FILE, load_unet  # TensorFlow: only once input is good
+        from sarcoma_seg.model import load_unet  # TensorFlow: only once the input is good
 
-        model = load_unet(folder / MODEL_FILE)
+        model = load_unet(folder)
     with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
         mask = segment_volume(model, pre, scan.ct, inference, scan.pet, batch_size, bar.update)
     summary = {"input": scan.name, "model": model_uri, "shape": list(scan.ct.shape)}
@@ -158,21 +168,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_out(out: Path) -> None:
+    """Refuse an output that names a file (results go into a folder), before any inference."""
+    if out.exists() and not out.is_dir():
+        raise SarcomaSegError(f"--out {out}: is an existing file; give a folder")
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    """--batch-size within 1..config.MAX_BATCH_SIZE (a huge batch would exhaust memory)."""
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise SarcomaSegError(
+            f"--batch-size={batch_size} is not allowed; it must be 1 to {MAX_BATCH_SIZE}"
+        )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Check the arguments, segment the scan and print the summary, the only line on stdout."""
+    check_batch_size(args.batch_size)
+    out = args.out or Path("predictions") / scan_stem(args.input, args.patient)
+    check_out(out)
+    scan = read_scan(args.input, args.patient, args.pet)
+    summary = predict_scan(args.model, scan, out, args.batch_size, not args.no_progress)
+    print(json.dumps(summary))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `predict` console command."""
     import sarcoma_seg  # noqa: F401  (environment for TensorFlow before anything imports it)
 
     args = parse_args(argv)
-    try:
-        if args.batch_size is not None and args.batch_size < 1:
-            raise SarcomaSegError(f"--batch-size={args.batch_size} must be at least 1")
-        scan = read_scan(args.input, args.patient, args.pet)
-        out = args.out or Path("predictions") / scan_stem(args.input, args.patient)
-        summary = predict_scan(args.model, scan, out, args.batch_size, not args.no_progress)
-    except SarcomaSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(json.dumps(summary))
+    run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

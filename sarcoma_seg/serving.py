@@ -8,6 +8,7 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.inference import CONFIG_NAME, load_config, save_config, segment_volume
 from sarcoma_seg.transforms import Preprocessing
 
@@ -18,11 +19,13 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
     """Wraps the Keras U-Net with the exact preprocessing it was trained with."""
 
     def load_context(self, context: Any) -> None:
-        """Load the Keras model (without its loss objects) and the preprocessing config."""
+        """The preprocessing config, and the U-Net rebuilt from our code with only its weights
+        read from the artifact (checked first: model.load_unet)."""
         from sarcoma_seg.model import load_unet
 
-        self.pre, self.inference = load_config(Path(context.artifacts["preprocessing"]))
-        self.model = load_unet(Path(context.artifacts["keras_model"]))
+        config = Path(context.artifacts["preprocessing"])
+        self.pre, self.inference = load_config(config)
+        self.model = load_unet(Path(context.artifacts["keras_model"]).parent, config)
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
         """(N, rows, cols) or (rows, cols) HU -> uint8 masks of the same shape; a model that
@@ -33,11 +36,19 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
             hu, pet = model_input, None
         hu = np.asarray(hu, dtype=np.float32)
         pet = None if pet is None else np.asarray(pet, dtype=np.float32)
+        check_finite(hu, pet)
         single = hu.ndim == 2
         if single:
             hu, pet = hu[None], None if pet is None else pet[None]
         masks = segment_volume(self.model, self.pre, hu, self.inference, pet)
         return masks[0] if single else masks
+
+
+def check_finite(hu: np.ndarray, pet: np.ndarray | None) -> None:
+    """Refuse NaN or infinite input as predict refuses such a scan (it would give an empty mask)."""
+    for name, values in (("CT", hu), ("PET", pet)):
+        if values is not None and not np.isfinite(values).all():
+            raise SarcomaSegError(f"model input: {name} holds NaN or infinite voxels")
 
 
 def signature_and_example(pre: Preprocessing) -> tuple[ModelSignature, Any]:
@@ -62,11 +73,12 @@ def log_pyfunc(
     inference: dict,
     work_dir: Path,
     registered_model: str | None = None,
+    model: dict | None = None,
 ) -> Any:
     """Log the U-Net as a pyfunc that loads without segmentation-models' loss objects, with its
     signature and an input example, and register it under registered_model."""
     config_path = Path(work_dir) / CONFIG_NAME
-    save_config(config_path, pre, inference)
+    save_config(config_path, pre, inference, model)
     signature, example = signature_and_example(pre)
     return mlflow.pyfunc.log_model(
         name="model",

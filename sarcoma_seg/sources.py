@@ -2,9 +2,7 @@
 
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from sarcoma_seg import __version__, config, kaggle_source, phantom
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.io import dicom, nifti, png
 from sarcoma_seg.io.hdf5 import find_kaggle_h5, read_kaggle_h5
+from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.volumes import (
     STORE,
     Volume,
@@ -183,23 +182,6 @@ def build_manifest(
     }
 
 
-def replace_dir(new: Path, target: Path) -> None:
-    """Put directory new in target's place; the old target is removed only after the swap."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        old.rmdir()
-        target.rename(old)
-    try:
-        new.rename(target)
-    except OSError:
-        if old is not None:
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def source_entries(data_params: dict) -> list[dict]:
     """The data sections of each source to read: data.sources entries (each a copy of data with
     its own source and path), or data itself when data.sources is null."""
@@ -290,11 +272,7 @@ def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
     entries = source_entries(data_params)
     source_names(entries)  # before anything is created
     spacing = check_spacing(data_params.get("spacing"))
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; it becomes the ordinary data/raw
+    with staged_dir(Path(out_dir)) as tmp:  # out_dir replaced only when all is written
         parts = _read_sources(entries, seed, tmp)
         volumes = [v for _, loaded in parts for v in loaded[0]]
         check_distinct_patients(volumes)
@@ -309,10 +287,6 @@ def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
         write_store(tmp / STORE, volumes)
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         (tmp / MANIFEST_NAME).write_text(text)
-        replace_dir(tmp, out_dir)
-        for warning in warnings:  # printed once the data are in place: they do not stop it
-            print(f"warning: {warning}", file=sys.stderr)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for warning in warnings:  # printed once the data are in place: they do not stop it
+        print(f"warning: {warning}", file=sys.stderr)
     return manifest

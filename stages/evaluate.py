@@ -13,7 +13,7 @@ from sarcoma_seg import tracking
 from sarcoma_seg.errors import run_cli
 from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
 from sarcoma_seg.metrics import dice, iou, volume_scores
-from sarcoma_seg.model import MODEL_FILE, load_unet
+from sarcoma_seg.model import load_unet
 from sarcoma_seg.params import load_params
 from sarcoma_seg.plots import prediction_figure
 from sarcoma_seg.volumes import Volume, load_volumes
@@ -60,7 +60,7 @@ def main() -> None:
     paths, ev = params["paths"], params["evaluate"]
     model_dir = Path(paths["model"])
     pre, inference = load_config(model_dir / CONFIG_NAME)
-    model = load_unet(model_dir / MODEL_FILE)
+    model = load_unet(model_dir)
     test_ids = json.loads(Path(paths["split"]).read_text())["test"]
     volumes = load_volumes(Path(paths["raw"]), test_ids)
     preds = [segment_volume(model, pre, v.ct, inference, v.pet) for v in volumes]

@@ -11,6 +11,7 @@ from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import CONFIG_NAME, save_config
 from sarcoma_seg.params import load_params
 from sarcoma_seg.split import SETS
+from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.transforms import Preprocessing, preprocessing_from_params
 from sarcoma_seg.volumes import Volume, load_volumes
 
@@ -78,11 +79,10 @@ def main() -> None:
     pre = preprocessing_from_params(params["base"], params["preprocess"], units.pop())
     pre = with_pet_if_present(pre, [v for vols in volumes.values() for v in vols])
     sets = {name: slice_set(vols, pre) for name, vols in volumes.items()}
-    out = Path(paths["preprocessed"])
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in sets.items():
-        save_slice_set(out / f"{name}.npz", data)
-    save_config(out / CONFIG_NAME, pre)  # train, evaluate and predict reuse exactly this
+    with staged_dir(Path(paths["preprocessed"])) as out:  # all sets, or the previous ones
+        for name, data in sets.items():
+            save_slice_set(out / f"{name}.npz", data)
+        save_config(out / CONFIG_NAME, pre)  # train, evaluate and predict reuse exactly this
     metrics = Path(paths["metrics"])
     metrics.mkdir(parents=True, exist_ok=True)
     summary = {name: stats(data) for name, data in sets.items()}

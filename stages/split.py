@@ -6,6 +6,7 @@ from pathlib import Path
 from sarcoma_seg.errors import run_cli
 from sarcoma_seg.params import load_params
 from sarcoma_seg.split import make_split
+from sarcoma_seg.staging import write_text_atomic
 from sarcoma_seg.volumes import raw_patient_ids
 
 
@@ -15,9 +16,8 @@ def main() -> None:
     paths = params["paths"]
     patients = raw_patient_ids(Path(paths["raw"]))
     result = make_split(patients, params["split"], params["base"]["seed"])
-    out = Path(paths["split"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"seed": params["base"]["seed"], **result}, indent=2) + "\n")
+    text = json.dumps({"seed": params["base"]["seed"], **result}, indent=2) + "\n"
+    write_text_atomic(Path(paths["split"]), text)
     print(", ".join(f"{k}: {len(v)} patients" for k, v in result.items()))
 
 

@@ -12,7 +12,7 @@ from sarcoma_seg import checkpoint, distribute, pipeline_input, runlog, tracking
 from sarcoma_seg.checkpoint import Checkpoint
 from sarcoma_seg.dataset import SliceSet, load_slice_set
 from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config
+from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config, save_config
 from sarcoma_seg.model import (
     MODEL_FILE,
     MONITORS,
@@ -28,6 +28,7 @@ from sarcoma_seg.model import (
 from sarcoma_seg.params import check_image_size, load_params
 from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
+from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.transforms import Preprocessing, build_augmentation
 
 SYSTEM_METRICS_SECONDS = 5  # CPU, memory (and GPU where present) every 5 s: minutes-long runs
@@ -256,7 +257,7 @@ def main() -> None:
         root, checkpoint.checkpoint_key(params, Path(paths["preprocessed"]))
     )
     out, plots, figures = Path(paths["model"]), Path(paths["plots"]), Path(paths["figures"])
-    for folder in (out, plots, figures):
+    for folder in (plots, figures):
         folder.mkdir(parents=True, exist_ok=True)
     tracking.use_experiment(tp["mlflow_experiment"])
     runlog.mark_orphans(root, uri, keep=ckpt.run_id())
@@ -267,9 +268,13 @@ def main() -> None:
     try:
         tracking.log_params(params)
         tracking.log_manifest(Path(paths["raw"]) / "manifest.json")
-        with strategy.scope():
-            model, history = train(train_set, val_set, params, pre, out, ckpt, outbox)
-        save_unet(model, out / MODEL_FILE)
+        # the model folder is swapped in whole, with its config: never a half-written model
+        with staged_dir(out) as staging:
+            with strategy.scope():
+                model, history = train(train_set, val_set, params, pre, staging, ckpt, outbox)
+            section = save_unet(model, staging / MODEL_FILE, tp["backbone"])
+            save_config(staging / CONFIG_NAME, pre, inference, section)
+            tracking.write_run_info(staging / "mlflow_run.json", run)
         write_history(history, plots / "history.csv")
         for key in ("loss", "iou_score"):
             history_figure(history, key, figures / f"{key}.png")
@@ -278,14 +283,14 @@ def main() -> None:
         summary |= {"best_epoch": best + 1, "epochs_run": len(history["loss"])}
         Path(paths["metrics"]).mkdir(parents=True, exist_ok=True)
         (Path(paths["metrics"]) / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
-        tracking.write_run_info(out / "mlflow_run.json", run)
         # the DVC outputs are complete; what follows only logs, so a rerun only finishes that
         runlog.flush_or_fail(outbox, uri)
+        mlflow.set_tag("model.weights_sha256", section["weights_sha256"])
         for key in ("loss", "iou_score"):
             mlflow.log_artifact(str(figures / f"{key}.png"), artifact_path="plots")
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
         mlflow.log_artifact(str(plots / "history.csv"), artifact_path="plots")
-        log_pyfunc(out / MODEL_FILE, pre, inference, out, tp["registered_model"])
+        log_pyfunc(out / MODEL_FILE, pre, inference, out, tp["registered_model"], section)
         mlflow.end_run("FINISHED")
     except BaseException as exc:
         runlog.end_run_quietly(runlog.end_status(exc))

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sarcoma_seg.inference import save_config
 from sarcoma_seg.model import (
     average_members,
     build_unet,
@@ -13,6 +14,7 @@ from sarcoma_seg.model import (
     seed_everything,
     validation_dice,
 )
+from sarcoma_seg.transforms import Preprocessing
 
 
 def test_ensemble_averages_members_and_survives_hdf5(tmp_path: Path) -> None:
@@ -25,8 +27,11 @@ def test_ensemble_averages_members_and_survives_hdf5(tmp_path: Path) -> None:
     assert not np.allclose(each[0], each[1])  # different seeds, different members
     ensemble = average_members(members, 4)
     assert np.allclose(ensemble(images, training=False).numpy(), (each[0] + each[1]) / 2)
-    save_unet(ensemble, tmp_path / "model.h5")
-    loaded = load_unet(tmp_path / "model.h5")
+    section = save_unet(ensemble, tmp_path / "model.h5", "resnet18")
+    save_config(
+        tmp_path / "preprocessing.json", Preprocessing((-160.0, 240.0), 32, 4), None, section
+    )
+    loaded = load_unet(tmp_path)
     assert np.allclose(loaded(images, training=False).numpy(), (each[0] + each[1]) / 2)
 
 

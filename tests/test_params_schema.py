@@ -450,7 +450,7 @@ def test_the_schemas_names_match_the_code_registries() -> None:
     assert config.POSTPROCESS_NAMES == inference.POSTPROCESS
     assert tuple(transforms.WINDOW_PARAMS) == config.UNITS
     assert tuple(config.AUGMENT) == tuple(transforms._augmentations(32))
-    stored = {f.name for f in fields(transforms.Preprocessing)} | {"inference"}
+    stored = {f.name for f in fields(transforms.Preprocessing)} | {"inference", "model"}
     assert set(config.MODEL_CONFIG) == stored
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from sarcoma_seg.inference import save_config
+from sarcoma_seg.inference import read_config, save_config
 from sarcoma_seg.model import MODEL_FILE, build_unet, save_unet
 from sarcoma_seg.predict import lesion_summary, main, montage_slices
 from sarcoma_seg.scans import read_dicom_series, read_nifti_scan
@@ -33,8 +33,9 @@ def phantom_hu(shape: tuple[int, int, int] = (6, 40, 48)) -> np.ndarray:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained but real U-Net saved as train saves it, at a tiny image size."""
     folder = tmp_path_factory.mktemp("model")
-    save_unet(build_unet("resnet18", None, 3), folder / MODEL_FILE)
-    save_config(folder / "preprocessing.json", Preprocessing((-160.0, 240.0), 32, 3), INFERENCE)
+    section = save_unet(build_unet("resnet18", None, 3), folder / MODEL_FILE, "resnet18")
+    pre = Preprocessing((-160.0, 240.0), 32, 3)
+    save_config(folder / "preprocessing.json", pre, INFERENCE, section)
     return folder
 
 
@@ -44,7 +45,12 @@ def png_model_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> 
     folder = tmp_path_factory.mktemp("png-model")
     (folder / MODEL_FILE).write_bytes((model_dir / MODEL_FILE).read_bytes())
     pre = Preprocessing((0.0, 255.0), 32, 3, units="png8")
-    save_config(folder / "preprocessing.json", pre, INFERENCE)
+    save_config(
+        folder / "preprocessing.json",
+        pre,
+        INFERENCE,
+        read_config(model_dir / "preprocessing.json")["model"],
+    )
     return folder
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
 from sarcoma_seg.metrics import volume_scores
-from sarcoma_seg.model import MODEL_FILE, load_unet
+from sarcoma_seg.model import load_unet
 from sarcoma_seg.volumes import load_volumes
 from tests.conftest import copy_project, ran, run, tiny_params
 from tests.test_experiments import free_port, serving
@@ -54,7 +54,7 @@ def test_predict_on_the_registered_model_equals_evaluate(trained: Path) -> None:
     # evaluate's own path: the store volume, the model folder, the shared inference function
     volume = load_volumes(trained / "data" / "raw", [patient])[0]
     pre, inference = load_config(trained / "data" / "model" / CONFIG_NAME)
-    model = load_unet(trained / "data" / "model" / MODEL_FILE)
+    model = load_unet(trained / "data" / "model")
     expected = segment_volume(model, pre, volume.ct, inference, volume.pet)
     assert np.array_equal(mask, expected)
     with (trained / "metrics" / "per_patient.csv").open() as f:

@@ -30,11 +30,6 @@ STAGE_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
-# SIGTERM as an exception (exit 143), as the stage runner does once it handles signals
-SIGTERM_AS_EXIT = (
-    "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); "
-    "from stages.train import main; from sarcoma_seg.errors import run_cli; run_cli(main)"
-)
 
 
 class Server:
@@ -188,7 +183,7 @@ def test_outage_from_epoch_2_past_the_end_then_rerun_finishes_the_logging(
 
 
 def test_sigterm_ends_the_run_killed_and_dvc_exp_run_resumes_it(repo: Path, server: Server) -> None:
-    proc = start_train(repo, server.url, SIGTERM_AS_EXIT)
+    proc = start_train(repo, server.url)  # run_cli turns SIGTERM into an exception: 143
     wait_epochs(repo, proc, 1)
     os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
