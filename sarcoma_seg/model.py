@@ -175,7 +175,7 @@ def mean_history(histories: list[dict[str, list[float]]]) -> dict[str, list[floa
 MODEL_FILE = "model.h5"  # weights only, HDF5: the architecture comes from build_unet
 SHA256_HEX = 64  # characters of a hex SHA-256 digest
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing the weights file
-NO_PATIENT = 1 << 16  # volumes.check_h5_links' patient_part: no weight name names a patient
+NO_PATIENT = 1 << 16  # io.hdf5.check_h5_links' patient_part: no weight name names a patient
 
 
 def file_sha256(path: Path) -> str:
@@ -280,7 +280,7 @@ def weights_problem(path: Path, h5: h5py.File, model: tf.keras.Model) -> str | N
 def check_weights_file(path: Path, model: tf.keras.Model) -> None:
     """Open the weights file with h5py only: no links out of it, every dataset as the model
     needs; a damaged file is one line."""
-    from sarcoma_seg.volumes import check_h5_links
+    from sarcoma_seg.io.hdf5 import check_h5_links
 
     try:
         with h5py.File(path, "r") as h5:
