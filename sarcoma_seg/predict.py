@@ -59,8 +59,6 @@ def fetch_model_files(uri: str, scratch: Path) -> Path:
 def model_folder(uri: str, scratch: Path) -> Path:
     """A local folder holding model.h5 and preprocessing.json, from a path or an MLflow URI
     (a registry version through the local cache, sarcoma_seg.model_cache)."""
-    from sarcoma_seg.model import MODEL_FILE
-
     if uri.startswith(MLFLOW_SCHEMES):
         from sarcoma_seg.model_cache import cached_model
         from sarcoma_seg.tracking import tracking_uri
@@ -70,6 +68,8 @@ def model_folder(uri: str, scratch: Path) -> Path:
     local = Path(uri)
     if not local.exists():
         raise SarcomaSegError(f"model {uri}: no such folder, and not a runs:/ or models:/ URI")
+    from sarcoma_seg.model import MODEL_FILE  # TensorFlow: only once the folder exists
+
     for folder in (local, *(local / d for d in MLFLOW_MODEL_DIRS if d)):
         if (folder / MODEL_FILE).is_file() and (folder / CONFIG_NAME).is_file():
             return folder
