@@ -11,13 +11,10 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.data.http_dataset_source import HTTPDatasetSource
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-
 from sarcoma_seg.params import flatten
+
+# mlflow is imported inside the functions that log: where the store is (tracking_uri) is asked
+# by `predict` on every registry call, and importing MLflow costs more than a cached model
 
 EXPERIMENT = "sarcoma-seg"
 
@@ -63,6 +60,8 @@ def store_lock(uri: str) -> Iterator[None]:
 
 def use_experiment(name: str = EXPERIMENT) -> str:
     """Point MLflow at the store and experiment; local stores keep artifacts beside mlflow.db."""
+    import mlflow
+
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
@@ -71,6 +70,10 @@ def use_experiment(name: str = EXPERIMENT) -> str:
 
 def _use_experiment(uri: str, name: str) -> str:
     """Set the experiment `name`, creating it if it is new."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         mlflow.set_experiment(name)
@@ -133,6 +136,8 @@ def run_identity(params: dict[str, Any]) -> tuple[str, dict[str, str]]:
 
 def log_params(params: dict[str, Any]) -> None:
     """Log every param of params.yaml under its dotted key."""
+    import mlflow
+
     flat = {
         k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flatten(params).items()
     }
@@ -141,6 +146,10 @@ def log_params(params: dict[str, Any]) -> None:
 
 def log_manifest(manifest_path: Path) -> None:
     """Attach the data manifest as an artifact and as the run's dataset input with its digest."""
+    import mlflow
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
     manifest = json.loads(Path(manifest_path).read_text())
     mlflow.log_artifact(str(manifest_path), artifact_path="data")
     source = HTTPDatasetSource(url=f"{manifest['source']}://{manifest['dataset']}")
@@ -160,6 +169,8 @@ def log_manifest(manifest_path: Path) -> None:
 
 def log_history(history: dict[str, list[float]]) -> None:
     """Log a whole per-epoch history to the active run, one step per epoch."""
+    import mlflow
+
     for epoch in range(len(history["loss"])):
         mlflow.log_metrics({k: v[epoch] for k, v in history.items()}, step=epoch)
 

@@ -461,6 +461,7 @@ def test_warning_count_is_an_mlflow_tag(tmp_path: Path) -> None:
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(manifest))
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("warnings")  # not an experiment id an earlier test left active
     with mlflow.start_run() as run:
         log_manifest(path)
     tags = mlflow.get_run(run.info.run_id).data.tags
