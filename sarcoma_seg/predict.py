@@ -40,6 +40,7 @@ def fetch_model_files(uri: str, scratch: Path) -> Path:
     from sarcoma_seg.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
+    scratch.mkdir(parents=True, exist_ok=True)  # the cache hands over a folder still to make
     try:
         repo = get_artifact_repository(uri)
         for prefix in MLFLOW_MODEL_DIRS:

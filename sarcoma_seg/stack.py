@@ -206,6 +206,11 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    # a server orphaned by `up` (its parent exited) is reaped by init, which in a container may
+    # never do it: an exited one then stays a zombie, which is gone for our purposes
+    with suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
     return True
 
 
