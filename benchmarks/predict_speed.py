@@ -149,9 +149,10 @@ def registered_default(work: Path, folder: Path) -> dict:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("bench", artifact_location=(work / "art").as_uri())
     pre, inference = load_config(folder / "preprocessing.json")
+    section = json.loads((folder / "preprocessing.json").read_text())["model"]
     (work / "log").mkdir()
     with mlflow.start_run(experiment_id=experiment):
-        log_pyfunc(folder / MODEL_FILE, pre, inference, work / "log", "sarcoma-seg")
+        log_pyfunc(folder / MODEL_FILE, pre, inference, work / "log", "sarcoma-seg", section)
     return os.environ | {"MLFLOW_TRACKING_URI": uri, "SARCOMA_SEG_CACHE": str(work / "cache")}
 
 
