@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError
 
 # at the repo root, git- and dvc-ignored and outside every DVC out: DVC neither deletes nor caches
@@ -28,15 +29,6 @@ CODE = Path(__file__).resolve().parents[1]  # the checkout whose code trains
 CALLBACK_STATE = ("wait", "best", "cooldown_counter", "stopped_epoch")
 
 
-def _file_digest(path: Path) -> str:
-    """SHA-256 of one file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_key(params: dict[str, Any], preprocessed: Path) -> str:
     """Digest of what decides a training: its params sections, the preprocessed files and the
     code; a change in any of them never resumes a stale checkpoint."""
@@ -45,9 +37,9 @@ def checkpoint_key(params: dict[str, Any], preprocessed: Path) -> str:
     digest.update(json.dumps(sections, sort_keys=True, default=str).encode())
     for path in sorted(Path(preprocessed).iterdir()):
         if path.is_file():
-            digest.update(f"{path.name}:{_file_digest(path)}".encode())
+            digest.update(f"{path.name}:{file_sha256(path)}".encode())
     for path in sorted([*(CODE / "sarcoma_seg").glob("*.py"), CODE / "stages" / "train.py"]):
-        digest.update(f"{path.name}:{_file_digest(path)}".encode())
+        digest.update(f"{path.name}:{file_sha256(path)}".encode())
     return digest.hexdigest()[:20]
 
 

@@ -1,7 +1,6 @@
 """The segmentation-models U-Net, its losses and metrics, and deterministic setup."""
 
 import contextlib
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.params import check_positive_int
 
@@ -174,17 +174,7 @@ def mean_history(histories: list[dict[str, list[float]]]) -> dict[str, list[floa
 
 MODEL_FILE = "model.h5"  # weights only, HDF5: the architecture comes from build_unet
 SHA256_HEX = 64  # characters of a hex SHA-256 digest
-HASH_CHUNK = 1 << 20  # bytes read at a time while hashing the weights file
 NO_PATIENT = 1 << 16  # io.hdf5.check_h5_links' patient_part: no weight name names a patient
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_unet(model: tf.keras.Model, path: Path, backbone: str) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from sarcoma_seg.digest import file_sha256
+
 CACHE_ENV = "SARCOMA_SEG_CACHE"
 MANIFEST = "cache.json"  # file name -> SHA-256 of everything the cached folder holds
 VERSIONED = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)/?$")
@@ -32,19 +34,12 @@ def cache_key(uri: str, store: str) -> str | None:
     return f"{store_id}/{name}/{match['version']}"
 
 
-def digest(path: Path) -> str:
-    """SHA-256 of one file, read in 1 MiB blocks."""
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def folder_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every file directly in folder (the manifest excepted)."""
     return {
-        p.name: digest(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST
+        p.name: file_sha256(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
     }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sarcoma_seg import __version__, config, kaggle_source, phantom
+from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.io import dicom, nifti, png
 from sarcoma_seg.io.hdf5 import find_kaggle_h5, read_kaggle_h5
@@ -23,7 +24,6 @@ from sarcoma_seg.volumes import (
 
 MANIFEST_NAME = "manifest.json"
 SOURCE_DIR = "source"  # downloaded or generated raw files keep their own layout here
-CHUNK = 1 << 20  # 1 MiB reads keep hashing large HDF5 files at constant memory
 
 Loaded = tuple[list[Volume], Path, list[Path]]  # volumes, input root, the input files
 Source = Callable[[Path, dict, int], Loaded]
@@ -113,22 +113,13 @@ def describe(source: str, data_params: dict, seed: int) -> tuple[str, Any]:
     return source, "unversioned"  # sources without a version of their own rely on the digest
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_entries(root: Path, files: list[Path]) -> list[dict[str, Any]]:
     """name (posix path relative to root), bytes and sha256 of every input file, by name."""
     entries = [
         {
             "name": Path(p).relative_to(root).as_posix(),
             "bytes": Path(p).stat().st_size,
-            "sha256": sha256_file(p),
+            "sha256": file_sha256(p),
         }
         for p in files
     ]

@@ -1,7 +1,6 @@
 """MLflow tracking: the store location, one run per training, per-epoch logging, the model."""
 
 import fcntl
-import hashlib
 import json
 import os
 import sqlite3
@@ -11,6 +10,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from sarcoma_seg import digest
 from sarcoma_seg.params import flatten
 
 # mlflow is imported inside the functions that log: where the store is (tracking_uri) is asked
@@ -110,7 +110,7 @@ def git_commit(root: Path) -> str:
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes, or "none" if it does not exist (yet)."""
     path = Path(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "none"
+    return digest.file_sha256(path) if path.is_file() else "none"
 
 
 def experiment_name() -> str:
