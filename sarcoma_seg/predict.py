@@ -161,7 +161,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="output folder (default predictions/<input>)")
     parser.add_argument("--patient", help="patient id inside an HDF5 input")
-    parser.add_argument("--pet", type=Path, help="PET NIfTI for models that read PET")
+    parser.add_argument(
+        "--pet", type=Path, help="PET (NIfTI file or DICOM series folder) for models that read PET"
+    )
     parser.add_argument(
         "--batch-size", type=int, help="slices per model call (default: by image size, 32 at 96 px)"
     )

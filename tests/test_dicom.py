@@ -181,3 +181,30 @@ def test_pet_in_another_frame_of_reference_is_refused(tmp_path: Path) -> None:
     write_pet(tmp_path / "in" / "P1" / "PET", "P1", {**ct, "frame": "1.2.3.4"})
     with pytest.raises(SarcomaSegError, match=r"PT000.dcm \(patient P1\): PET frame of reference"):
         dicom.read_dicom(tmp_path / "in", "GTV")
+
+
+def test_predict_reads_a_dicom_pet_folder_onto_the_ct(tmp_path: Path) -> None:
+    from sarcoma_seg.scans import read_scan
+
+    write_patient(tmp_path / "in", "P1", pet=True)
+    scan = read_scan(
+        tmp_path / "in" / "P1" / "CT" / "image", pet=tmp_path / "in" / "P1" / "PET" / "image"
+    )
+    assert scan.pet is not None and scan.pet.shape == scan.ct.shape
+    assert np.allclose(scan.pet, 2.0)  # GML: stored SUV, as the dicom source reads it
+    with pytest.raises(SarcomaSegError, match=r"CT000\.dcm: modality CT, not PT"):
+        read_scan(
+            tmp_path / "in" / "P1" / "CT" / "image", pet=tmp_path / "in" / "P1" / "CT" / "image"
+        )
+
+
+@pytest.mark.realdata
+def test_real_dicom_pet_folder_equals_the_ibsi_pet_nifti(shared_data: Path) -> None:
+    from sarcoma_seg.scans import read_scan
+
+    case = shared_data / "dicom-crosscheck" / "STS_002"
+    ct = case / "CT" / "image"
+    from_dicom = read_scan(ct, pet=case / "PET" / "image")
+    from_nifti = read_scan(ct, pet=shared_data / "ibsi-sts" / "STS_002" / "PET_image.nii.gz")
+    assert from_dicom.pet is not None and from_nifti.pet is not None
+    assert np.abs(from_dicom.pet - from_nifti.pet).max() < 0.01  # both SUV, same resampling

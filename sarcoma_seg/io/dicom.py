@@ -625,8 +625,8 @@ def read_dicom(folder: Path, roi: str) -> tuple[list[Volume], list[Path]]:
 # --- predict: one CT series in, an RTSTRUCT out ---------------------------------------------
 
 
-def read_ct_series(folder: Path) -> tuple[Grid, np.ndarray]:
-    """predict's input: the one CT series of a folder (its grid and HU), refusing other images."""
+def _one_series(folder: Path, modality: str) -> Grid:
+    """The one image series of a folder, of this modality (CT or PT), refusing other images."""
     folder = Path(folder)
     files = _candidate_files(folder)
     if not files:
@@ -636,19 +636,37 @@ def read_ct_series(folder: Path) -> tuple[Grid, np.ndarray]:
         ds = read_header(path)
         if ds is None:
             raise SarcomaSegError(f"{path}: not a DICOM file")
-        modality = _text(ds, "Modality") or "CT"
-        if modality in NON_IMAGE_MODALITIES:
+        found = _text(ds, "Modality") or modality
+        if found in NON_IMAGE_MODALITIES:
             continue
-        if modality != "CT":
-            raise SarcomaSegError(f"{path}: modality {modality}, not CT")
+        if found != modality:
+            raise SarcomaSegError(f"{path}: modality {found}, not {modality}")
         uid = _text(ds, "SeriesInstanceUID")
-        item = series.setdefault(uid, Series(uid, "CT", _text(ds, "PatientID") or folder.name))
+        item = series.setdefault(uid, Series(uid, modality, _text(ds, "PatientID") or folder.name))
         item.files.append(path)
         item.headers.append(ds)
     if len(series) != 1:
-        raise SarcomaSegError(f"{folder}: {len(series)} DICOM CT series in one folder; give one")
-    grid = grid_of(next(iter(series.values())))
+        raise SarcomaSegError(
+            f"{folder}: {len(series)} DICOM {modality} series in one folder; give one"
+        )
+    return grid_of(next(iter(series.values())))
+
+
+def read_ct_series(folder: Path) -> tuple[Grid, np.ndarray]:
+    """predict's input: the one CT series of a folder (its grid and HU)."""
+    grid = _one_series(folder, "CT")
     return grid, read_pixels(grid)
+
+
+def read_pet_series_onto(
+    folder: Path, name: str, ct_shape: tuple, ct_affine: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """predict's --pet as a DICOM folder: the one PET series in SUV (as the dicom source reads
+    it) resampled onto the canonical CT grid, and the share of CT voxels it covers."""
+    grid = _one_series(folder, "PT")
+    where = f"{grid.files[0]} (scan {name})"
+    pet, pet_affine = to_canonical(read_pet(grid, where), grid.affine)
+    return pet_onto_grid(pet, pet_affine, where, ct_shape, ct_affine)
 
 
 def _contours_of(plane: np.ndarray) -> list[np.ndarray]:

@@ -243,7 +243,13 @@ def pet_coverage(path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.nda
 def read_pet_onto(
     path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray
 ) -> np.ndarray:
-    """A PET image resampled onto the (canonical) CT grid, refused if it covers too little."""
+    """A PET image (NIfTI file, or a folder holding one DICOM PET series) resampled onto the
+    (canonical) CT grid, refused if it covers too little."""
+    if Path(path).is_dir():
+        # imported here: the dicom module builds on this one (canonical_scan)
+        from sarcoma_seg.io.dicom import read_pet_series_onto
+
+        return read_pet_series_onto(Path(path), patient_id, ct_shape, ct_affine)[0]
     return pet_coverage(path, patient_id, ct_shape, ct_affine)[0]
 
 
