@@ -8,6 +8,7 @@ then prints the times, the objects in the bucket, the status of an unauthenticat
 and whether a canary secret held in the environment of every run reached any file, MLflow
 param or tag, or bucket object."""
 
+import argparse
 import json
 import os
 import secrets
@@ -73,6 +74,8 @@ def leaked_into(stack: Stack, trees: list[Path], objects: list[dict], hidden: li
 
 def main() -> None:
     """Run the comparison once and print its figures."""
+    # no options: parsing still answers --help (and refuses typos) instead of starting a stack
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     canary = "canary-" + secrets.token_hex(12)
     with running_stack() as stack, tempfile.TemporaryDirectory(prefix="team-pull-") as scratch:
         env = stack.client_env() | {"KAGGLE_KEY": canary, "SARCOMA_CANARY": canary}
