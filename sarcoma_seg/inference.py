@@ -12,13 +12,18 @@ from scipy import ndimage
 
 from sarcoma_seg.config import STORED_INFERENCE, check_mapping, check_model_config
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.lesions import largest_component
 from sarcoma_seg.transforms import Preprocessing
 
 CONFIG_NAME = "preprocessing.json"
 INFERENCE_PIXELS = 32 * 96 * 96  # pixels per model call (see inference_batch_size)
 
 
-POSTPROCESS = ("none", "largest_component")
+# inference.postprocess -> what it does to a mask (config.POSTPROCESS_NAMES lists the same names)
+POSTPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": lambda mask: mask,
+    "largest_component": largest_component,
+}
 
 
 def check_inference(inference: dict[str, Any]) -> dict[str, Any]:
@@ -72,31 +77,6 @@ def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
     if config.get("hu_windows") is not None:
         config["hu_windows"] = tuple(tuple(w) for w in config["hu_windows"])
     return Preprocessing(**config), inference
-
-
-def components(mask: np.ndarray) -> tuple[np.ndarray, int, tuple[slice, ...]]:
-    """3D connected components (26-connectivity) of a binary mask, labelled inside its bounding
-    box only (labels, count, box): a tumour fills a sliver of a 512 x 512 CT."""
-    box = tuple(
-        slice(int(hits[0]), int(hits[-1]) + 1) if len(hits) else slice(0, 0)
-        for hits in (
-            np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-            for axis in range(3)
-        )
-    )
-    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3)))
-    return labels, int(count), box
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest 3D connected component (26-connectivity) of a binary mask."""
-    labels, count, box = components(mask)
-    if count <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    out = np.zeros_like(mask)
-    out[box] = labels == 1 + int(np.argmax(sizes))
-    return out
 
 
 def inference_batch_size(image_size: int) -> int:
@@ -172,4 +152,4 @@ def probabilities_to_mask(
     probs = smooth_across_slices(probs, inference.get("z_sigma", 0.0))
     threshold = inference["threshold"]
     mask = np.stack([pre.restore(p, shape) >= threshold for p in probs]).astype(np.uint8)
-    return largest_component(mask) if inference["postprocess"] == "largest_component" else mask
+    return POSTPROCESS[inference["postprocess"]](mask)

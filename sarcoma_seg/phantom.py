@@ -17,6 +17,11 @@ import numpy as np
 from scipy import ndimage
 
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.lesions import largest_component
+
+# a tumour blob keeps its largest face-connected (6-connectivity) piece: the phantoms were generated
+# so from the start, and every synthetic patient (and the data digest in dvc.lock) depends on it
+BLOB_CONNECTIVITY = 1
 
 H5_NAME = "lab_petct_vox_5.00mm.h5"
 STUDY_LIST_NAME = "study_list.csv"
@@ -192,12 +197,6 @@ def vessels(grid: Grid, rng: np.random.Generator, bones: list[Bone]) -> np.ndarr
     return mask
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 6-connected component of a non-empty mask."""
-    labels, _ = ndimage.label(mask)
-    return labels == (1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
-
-
 def tumour_blob(
     grid: Grid, rng: np.random.Generator, allowed: np.ndarray, body: Body, lumps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +223,7 @@ def tumour_blob(
         kept = 0.85 if attempt < attempts // 2 else 0.6 if attempt < 3 * attempts // 4 else 0.4
         if blob.sum() < 20 or blob.sum() < kept * whole.sum():
             continue
-        blob = largest_component(blob)
+        blob = largest_component(blob, BLOB_CONNECTIVITY)
         if np.flatnonzero(blob.any(axis=(1, 2))).size >= 3:
             return blob, depth
     return fallback_blob(grid, allowed, lumps)
@@ -244,7 +243,7 @@ def fallback_blob(
     blob = ((depth + 0.1 * lumps) < 1.0) & allowed
     if not blob.any():
         raise SarcomaSegError(f"phantom: no room for a tumour in a volume of shape {grid.shape}")
-    return largest_component(blob), depth
+    return largest_component(blob, BLOB_CONNECTIVITY), depth
 
 
 def make_tumours(

@@ -18,7 +18,8 @@ import numpy as np
 
 from sarcoma_seg.config import MAX_BATCH_SIZE
 from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import CONFIG_NAME, components, load_config, segment_volume
+from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+from sarcoma_seg.lesions import components
 from sarcoma_seg.scans import Scan, read_scan, scan_stem
 from sarcoma_seg.transforms import Preprocessing
 

@@ -8,7 +8,6 @@ import pytest
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.inference import (
     check_inference,
-    largest_component,
     load_config,
     save_config,
     segment_volume,
@@ -27,27 +26,6 @@ class LeftHalfModel:
         return probs
 
 
-def test_largest_component_keeps_the_biggest_3d_lesion() -> None:
-    mask = np.zeros((4, 10, 10), np.uint8)
-    mask[0:3, 1:4, 1:4] = 1  # 27 voxels
-    mask[1, 7:9, 7:9] = 1  # 4 voxels, separate
-    kept = largest_component(mask)
-    assert kept.sum() == 27 and kept[1, 7, 7] == 0
-    assert np.array_equal(largest_component(np.zeros_like(mask)), np.zeros_like(mask))
-
-
-def test_largest_component_in_the_bounding_box_matches_labelling_the_whole_volume() -> None:
-    from scipy import ndimage
-
-    rng = np.random.default_rng(4)
-    mask = np.zeros((12, 40, 40), np.uint8)
-    mask[3:10, 8:30, 12:35] = rng.random((7, 22, 23)) > 0.6  # many lesions, off-centre
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    biggest = labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
-    assert count > 2
-    assert np.array_equal(largest_component(mask), biggest.astype(np.uint8))
-
-
 def test_flip_tta_averages_with_the_mirror_and_postprocess_applies() -> None:
     ct = np.zeros((2, 64, 64), np.float32)
     plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": False}
@@ -58,6 +36,24 @@ def test_flip_tta_averages_with_the_mirror_and_postprocess_applies() -> None:
     assert not flipped.any()
     low = segment_volume(LeftHalfModel(), PRE, ct, {**plain, "tta_flip": True, "threshold": 0.3})
     assert low.all()
+
+
+class TwoBandsModel:
+    """Stands in for the U-Net: 'tumour' in a narrow and a wide band of columns, apart."""
+
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        probs = np.zeros(images.shape[:3] + (1,), np.float32)
+        probs[:, :, 2:6] = probs[:, :, 12:28] = 0.8
+        return probs
+
+
+def test_postprocess_largest_component_keeps_the_wide_band_only() -> None:
+    ct = np.zeros((2, 64, 64), np.float32)
+    plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": False}
+    both = segment_volume(TwoBandsModel(), PRE, ct, plain)
+    one = segment_volume(TwoBandsModel(), PRE, ct, {**plain, "postprocess": "largest_component"})
+    assert both[:, :, :16].any() and both[:, :, 30:50].all()  # the model grid is 32 of 64 px
+    assert not one[:, :, :16].any() and np.array_equal(one[:, :, 16:], both[:, :, 16:])
 
 
 class SliceProbabilityModel:

@@ -447,7 +447,7 @@ def test_the_schemas_names_match_the_code_registries() -> None:
     assert (*model.MONITORS, "last") == config.MONITOR_NAMES
     assert config.LR_SCHEDULE_NAMES == model.LR_SCHEDULES
     assert config.ENCODER_WEIGHTS == model.ENCODER_WEIGHTS
-    assert config.POSTPROCESS_NAMES == inference.POSTPROCESS
+    assert tuple(inference.POSTPROCESS) == config.POSTPROCESS_NAMES
     assert tuple(transforms.WINDOW_PARAMS) == config.UNITS
     assert tuple(config.AUGMENT) == tuple(transforms._augmentations(32))
     stored = {f.name for f in fields(transforms.Preprocessing)} | {"inference", "model"}
