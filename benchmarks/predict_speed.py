@@ -89,7 +89,7 @@ from sarcoma_seg.predict import check_compatible, lesion_summary, model_folder, 
 from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
 from sarcoma_seg.scans import read_scan
 from sarcoma_seg.plots import overlay_montage
-import numpy as np, json, tempfile
+import json, tempfile
 from sarcoma_seg.model import MODEL_FILE, load_unet
 marks = {"start-up": time.time() - launched}
 t = time.perf_counter()
@@ -108,8 +108,7 @@ t = time.perf_counter()
 out = Path(tempfile.mkdtemp())
 scan.save_mask(mask, out / f"mask{scan.mask_suffix}")
 picks = montage_slices(mask)
-low, high = pre.hu_window
-overlay_montage([np.clip((scan.ct[i] - low) / (high - low), 0, 1) for i in picks],
+overlay_montage([pre.display(scan.ct[i]) for i in picks],
                 [mask[i] for i in picks], [f"slice {i}" for i in picks], out / "overlay.png")
 (out / "summary.json").write_text(json.dumps(lesion_summary(mask, scan.spacing)))
 marks["writing"] = time.perf_counter() - t

@@ -137,9 +137,8 @@ def predict_scan(
     try:  # everything is written beside out first, then moved in: no half-written results
         scan.save_mask(mask, staging / f"mask{scan.mask_suffix}")
         picks = montage_slices(mask)
-        low, high = pre.hu_window
         overlay_montage(
-            [np.clip((scan.ct[i] - low) / (high - low), 0, 1) for i in picks],
+            [pre.display(scan.ct[i]) for i in picks],
             [mask[i] for i in picks],
             [f"slice {i}" for i in picks],
             staging / "overlay.png",

@@ -14,6 +14,12 @@ from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.params import check_image_size, check_positive_int
 
 
+def through_window(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Intensities through a [low, high] window onto [0, 1]: low and below 0, high and above 1."""
+    low, high = window
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """HU window -> [0, 1], resize to a square, then channels: the slice repeated as many times as
@@ -36,10 +42,13 @@ class Preprocessing:
 
     def plane(self, hu_slice: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
         """One axial slice (rows, cols) -> float32 (size, size) in [0, 1] (HU window by default)."""
-        low, high = window or self.hu_window
-        windowed = np.clip((hu_slice.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+        windowed = through_window(hu_slice.astype(np.float32), window or self.hu_window)
         size = (self.image_size, self.image_size)
         return cv2.resize(windowed, size, interpolation=cv2.INTER_AREA)
+
+    def display(self, hu_slice: np.ndarray) -> np.ndarray:
+        """One axial slice through the CT window onto [0, 1] at its own size, for figures."""
+        return through_window(hu_slice, self.hu_window)
 
     def planes(self, volume: np.ndarray, window: tuple[float, float]) -> np.ndarray:
         """A volume (slices, rows, cols) through one window -> float32 (slices, size, size)."""

@@ -71,9 +71,8 @@ def main() -> None:
     (metrics / "evaluate.json").write_text(json.dumps({"test": summary}, indent=2) + "\n")
     write_table(rows, metrics / "per_patient.csv")
     picks = figure_slices(volumes, ev["figure_slices"])
-    low, high = pre.hu_window
     prediction_figure(
-        [np.clip((volumes[p].ct[s] - low) / (high - low), 0, 1) for p, s in picks],
+        [pre.display(volumes[p].ct[s]) for p, s in picks],
         [volumes[p].mask[s] for p, s in picks],
         [preds[p][s] for p, s in picks],
         [f"{volumes[p].patient_id} slice {s}" for p, s in picks],
