@@ -91,6 +91,24 @@ def check_volume(volume: Volume, raw_label: np.ndarray) -> None:
     check_label_count(raw_label, where)
 
 
+def validated_volume(
+    patient_id: str,
+    ct: np.ndarray,
+    raw_label: np.ndarray,
+    pet: np.ndarray | None,
+    spacing: tuple[float, float, float],
+    provenance: str,
+    units: str = "HU",
+    warnings: list[str] | None = None,
+) -> Volume:
+    """A reader's patient as a Volume checked by check_volume: any label > 0 is tumour, and the
+    mask is kept as uint8 0/1."""
+    volume = Volume(patient_id, ct, raw_label > 0, pet, spacing, provenance, units, warnings or [])
+    check_volume(volume, raw_label)
+    volume.mask = volume.mask.astype(np.uint8)
+    return volume
+
+
 def distinct_values(array: np.ndarray) -> int:
     """How many distinct values an array of integer labels (checked >= 0) holds."""
     if array.dtype.kind in "biu" and array.size and int(array.max()) < 1 << 16:

@@ -27,9 +27,9 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_
 
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.io.common import Scan, one_line, where_of
-from sarcoma_seg.io.grid import canonical_spacing, internal_axes, pet_onto_grid
+from sarcoma_seg.io.grid import canonical_volume, pet_onto_grid
 from sarcoma_seg.io.nifti import canonical_scan
-from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, PET_COVERAGE_WARN, Volume, check_volume
+from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume
 
 SKIP_NAMES = {"DICOMDIR"}  # index files that sit beside a series and hold no pixels
 IMAGE_MODALITIES = ("CT", "PT")
@@ -590,20 +590,8 @@ def read_patient(folder: Path, patient: DicomPatient, roi: str) -> tuple[Volume,
         where = where_of(pet_grid.files[0], pid)
         pet_c, pet_affine = to_canonical(read_pet(pet_grid, where), pet_grid.affine)
         pet, covered = pet_onto_grid(pet_c, pet_affine, where, ct.shape, ct_affine)
-    raw = internal_axes(raw)
     provenance = f"{folder.resolve().name}/{ct_grid.files[0].parent.relative_to(folder).as_posix()}"
-    volume = Volume(
-        pid,
-        internal_axes(ct),
-        raw > 0,
-        internal_axes(pet) if pet is not None else None,
-        canonical_spacing(ct_affine),
-        provenance,
-    )
-    if covered < PET_COVERAGE_WARN:
-        volume.warnings.append(f"PET covers only {covered:.1%} of the CT grid")
-    check_volume(volume, raw)
-    volume.mask = volume.mask.astype(np.uint8)
+    volume = canonical_volume(pid, ct, raw, pet, covered, ct_affine, provenance)
     files = ct_grid.files + [rs_path] + (pet_grid.files if pet_grid else [])
     return volume, files
 

@@ -9,7 +9,7 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.volumes import MIN_PET_COVERAGE
+from sarcoma_seg.volumes import MIN_PET_COVERAGE, PET_COVERAGE_WARN, Volume, validated_volume
 
 # CT and mask grids must agree to within this many mm at every corner: far below any CT voxel
 # (0.5-5 mm), far above the float32 rounding of header affines (~1e-4 mm at 1 m from the origin)
@@ -133,3 +133,28 @@ def pet_onto_grid(
             f"than the {MIN_PET_COVERAGE:.0%} required"
         )
     return pet, covered
+
+
+def canonical_volume(
+    patient_id: str,
+    ct: np.ndarray,
+    raw_label: np.ndarray,
+    pet: np.ndarray | None,
+    covered: float,
+    ct_affine: np.ndarray,
+    provenance: str,
+) -> Volume:
+    """A patient read on the canonical grid (NIfTI, DICOM; PET already on the CT grid and the
+    share it covers) as a validated Volume in (slices, rows, cols), warned if PET covers little."""
+    warnings: list[str] = []
+    if covered < PET_COVERAGE_WARN:
+        warnings.append(f"PET covers only {covered:.1%} of the CT grid")
+    return validated_volume(
+        patient_id,
+        internal_axes(ct),
+        internal_axes(raw_label),
+        internal_axes(pet) if pet is not None else None,
+        canonical_spacing(ct_affine),
+        provenance,
+        warnings=warnings,
+    )

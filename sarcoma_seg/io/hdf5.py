@@ -20,7 +20,7 @@ from sarcoma_seg.volumes import (
     MAX_SLICES,
     MAX_VOXELS,
     Volume,
-    check_volume,
+    validated_volume,
 )
 
 
@@ -121,10 +121,8 @@ def read_h5_patient(path: Path, patient_id: str) -> Volume:
     """Read one patient of a Kaggle-schema HDF5 file and validate it."""
     arrays = read_h5_arrays(path, patient_id)
     ct, label, pet = arrays["ct_data"], arrays["label_data"], arrays.get("pet_data")
-    volume = Volume(patient_id, ct, label > 0, pet, KAGGLE_SPACING_MM, f"{path.name}:{patient_id}")
-    check_volume(volume, label)
-    volume.mask = volume.mask.astype(np.uint8)
-    return volume
+    provenance = f"{path.name}:{patient_id}"
+    return validated_volume(patient_id, ct, label, pet, KAGGLE_SPACING_MM, provenance)
 
 
 def read_kaggle_h5(path: Path) -> list[Volume]:

@@ -31,8 +31,14 @@ from sarcoma_seg.io.common import (
     visible_entries,
     where_of,
 )
-from sarcoma_seg.io.grid import canonical_spacing, check_same_grid, internal_axes, pet_onto_grid
-from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, PET_COVERAGE_WARN, Volume, check_volume
+from sarcoma_seg.io.grid import (
+    canonical_spacing,
+    canonical_volume,
+    check_same_grid,
+    internal_axes,
+    pet_onto_grid,
+)
+from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IBSI_CT, IBSI_MASK, IBSI_PET = "CT_image", "CT_mask", "PET_image"  # PET_mask is not used
@@ -261,21 +267,8 @@ def _read_case(folder: Path, case: NiftiCase) -> Volume:
     check_same_grid((ct, ct_affine), (raw, mask_affine), where_of(case.mask, pid))
     check_labels(raw, where_of(case.mask, pid))
     pet, covered = pet_coverage(case.pet, pid, ct.shape, ct_affine) if case.pet else (None, 1.0)
-    raw = internal_axes(raw)
     provenance = f"{folder.resolve().name}/{case.ct.relative_to(folder).as_posix()}"
-    volume = Volume(
-        pid,
-        internal_axes(ct),
-        raw > 0,  # any label > 0 is tumour
-        internal_axes(pet) if pet is not None else None,
-        canonical_spacing(ct_affine),
-        provenance,
-    )
-    if covered < PET_COVERAGE_WARN:
-        volume.warnings.append(f"PET covers only {covered:.1%} of the CT grid")
-    check_volume(volume, raw)
-    volume.mask = volume.mask.astype(np.uint8)
-    return volume
+    return canonical_volume(pid, ct, raw, pet, covered, ct_affine, provenance)
 
 
 def read_nifti(folder: Path) -> list[Volume]:

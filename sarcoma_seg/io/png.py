@@ -30,7 +30,7 @@ from sarcoma_seg.volumes import (
     MAX_SLICES,
     MAX_VOXELS,
     Volume,
-    check_volume,
+    validated_volume,
 )
 
 IMAGE_DIR, MASK_DIR = "ct_images", "mask_images"  # ct_images<suffix> pairs with mask_images<suffix>
@@ -201,18 +201,15 @@ def _stack_patient(folder: Path, patient_id: str, items: list[SliceFile]) -> Vol
     folders = sorted({item.image.parent.name for item in items})
     # Rows of the stack are the slices that exist, in index order: a gap in the indices is
     # closed up, so neighbours across it are not 5 mm apart; slice_indices() gives the true ones.
-    volume = Volume(
+    return validated_volume(
         patient_id,
         np.stack(images).astype(np.float32),  # 0..255 intensities, not HU
-        raw > 0,  # 0, 1 and 2 occur: any label > 0 is tumour
+        raw,  # 0, 1 and 2 occur: any label > 0 is tumour
         None,
         SLICE_SPACING_MM,
         f"{folder.resolve().name}/{{{','.join(folders)}}}/{patient_id}_*_.png",
         units="png8",
     )
-    check_volume(volume, raw)
-    volume.mask = volume.mask.astype(np.uint8)
-    return volume
 
 
 def read_slices(folder: Path) -> list[Volume]:
