@@ -9,7 +9,6 @@ model equals the uninterrupted one, weight for weight.
 Runs in a scratch copy of the project (MLflow store included); the workspace is left untouched."""
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -24,16 +23,10 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def override(params: dict, assignment: str) -> None:
-    """Apply one dotted key=value (value parsed as YAML), as `dvc exp run -S` does."""
-    key, _, value = assignment.partition("=")
-    *parents, leaf = key.split(".")
-    node = params
-    for name in parents:
-        node = node[name]
-    node[leaf] = yaml.safe_load(value)
+from benchmarks.cross_validation import override  # noqa: E402
+from sarcoma_seg.checkpoint import checkpointed_epochs  # noqa: E402
 
 
 def stage(name: str, work: Path) -> subprocess.Popen:
@@ -59,22 +52,11 @@ def timed_train(work: Path) -> float:
     return time.perf_counter() - start
 
 
-def checkpointed(work: Path) -> int:
-    """Epochs the running training has checkpointed."""
-    for state in (work / ".checkpoints").glob("train-*/state.npz"):
-        try:
-            with np.load(state) as npz:
-                return json.loads(str(npz["meta"]))["epoch"]
-        except (OSError, ValueError, KeyError):
-            return 0  # being replaced right now
-    return 0
-
-
 def killed_train(work: Path, after: int) -> float:
     """Run the train stage and SIGKILL it once epoch `after` is checkpointed; return seconds."""
     start = time.perf_counter()
     proc = stage("train", work)
-    while checkpointed(work) < after:
+    while checkpointed_epochs(work) < after:
         if proc.poll() is not None:
             sys.exit(f"training ended before epoch {after}:\n{proc.stderr.read()[-2000:]}")
         time.sleep(0.2)

@@ -132,6 +132,18 @@ def open_checkpoint(root: Path, key: str) -> Checkpoint:
     return Checkpoint(folder, lock)
 
 
+def checkpointed_epochs(root: Path) -> int:
+    """Epochs the training checkpointing under <root>/.checkpoints has completed, for a process
+    watching it (0 before the first, and while the state file is being replaced)."""
+    for state in (Path(root) / FOLDER).glob(f"train-*/{STATE}"):
+        try:
+            with np.load(state, allow_pickle=False) as npz:
+                return json.loads(str(npz["meta"]))["epoch"]
+        except (OSError, ValueError, KeyError):
+            return 0  # being replaced right now
+    return 0
+
+
 def callback_state(callbacks: list[Any]) -> list[dict[str, Any]]:
     """The counters of each callback that has them (EarlyStopping, ReduceLROnPlateau, ...)."""
     return [

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from sarcoma_seg.checkpoint import checkpointed_epochs, open_checkpoint
 from sarcoma_seg.dataset import SliceSet
 from sarcoma_seg.pipeline_input import train_batches
 from sarcoma_seg.transforms import build_augmentation
@@ -82,6 +83,17 @@ def forget_training(repo: Path) -> None:
         del lock["stages"][stage]
     (repo / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     shutil.rmtree(repo / ".dvc" / "cache" / "runs")
+
+
+def test_checkpointed_epochs_reads_the_last_saved_epoch(tmp_path: Path) -> None:
+    assert checkpointed_epochs(tmp_path) == 0  # no folder yet
+    ckpt = open_checkpoint(tmp_path, "key")
+    assert checkpointed_epochs(tmp_path) == 0  # folder, no epoch yet
+    ckpt.save({"epoch": 3, "history": {}}, [np.zeros(2)], [np.ones(1)])
+    assert checkpointed_epochs(tmp_path) == 3
+    (ckpt.folder / "state.npz").write_bytes(b"half")  # caught mid-write: no epoch to count
+    assert checkpointed_epochs(tmp_path) == 0
+    ckpt.remove()
 
 
 def test_resumed_input_gives_the_batches_an_uninterrupted_one_gives() -> None:

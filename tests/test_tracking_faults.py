@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
 
+from sarcoma_seg.checkpoint import checkpointed_epochs
 from sarcoma_seg.errors import run_cli
 from tests.conftest import copy_project, ran, run, tiny_params
 from tests.test_experiments import free_port, wait_for
@@ -87,17 +87,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stage_env(url: str) -> dict[str, str]:
     """The environment of a train stage logging to url."""
     return {**os.environ, **STAGE_ENV, "MLFLOW_TRACKING_URI": url}
-
-
-def checkpointed_epochs(repo: Path) -> int:
-    """Epochs the running training has checkpointed (0 before the first)."""
-    for state in (repo / ".checkpoints").glob("train-*/state.npz"):
-        try:
-            with np.load(state) as npz:
-                return json.loads(str(npz["meta"]))["epoch"]
-        except (OSError, ValueError, KeyError):
-            return 0  # being replaced right now
-    return 0
 
 
 def start_train(repo: Path, url: str, code: str | None = None) -> subprocess.Popen:
