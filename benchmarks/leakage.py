@@ -36,7 +36,7 @@ from benchmarks.cross_validation import override  # noqa: E402
 from sarcoma_seg.dataset import SliceSet  # noqa: E402
 from sarcoma_seg.inference import check_inference, segment_volume  # noqa: E402
 from sarcoma_seg.io.png import read_slices, slice_files  # noqa: E402
-from sarcoma_seg.metrics import dice, iou, volume_scores  # noqa: E402
+from sarcoma_seg.metrics import dice, slice_scores, volume_scores  # noqa: E402
 from sarcoma_seg.model import check_train_params  # noqa: E402
 from sarcoma_seg.split import split_patients  # noqa: E402
 from sarcoma_seg.transforms import preprocessing_from_params  # noqa: E402
@@ -95,8 +95,7 @@ def run_arm(
     return {
         "test_slices": len(pred),
         "tumour_slices": int(tumour.sum()),
-        "slice_iou": float(iou(pred, truth, (1, 2)).mean()),
-        "slice_fscore": float(dice(pred, truth, (1, 2)).mean()),
+        **slice_scores(pred, truth),
         "tumour_slice_f": float(dice(pred[tumour], truth[tumour], (1, 2)).mean())
         if tumour.any()
         else float("nan"),

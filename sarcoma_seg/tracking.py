@@ -167,14 +167,6 @@ def log_manifest(manifest_path: Path) -> None:
     )
 
 
-def log_history(history: dict[str, list[float]]) -> None:
-    """Log a whole per-epoch history to the active run, one step per epoch."""
-    import mlflow
-
-    for epoch in range(len(history["loss"])):
-        mlflow.log_metrics({k: v[epoch] for k, v in history.items()}, step=epoch)
-
-
 def write_run_info(path: Path, run: Any) -> None:
     """Record the MLflow run so that later stages log into the same run."""
     info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}

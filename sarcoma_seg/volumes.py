@@ -63,11 +63,6 @@ class Volume:
     units: str = "HU"  # "HU", or "png8" for 8-bit intensities exported to PNG (no HU to recover)
     warnings: list[str] = field(default_factory=list)  # odd findings of the reader, for the log
 
-    @property
-    def voxel_volume_mm3(self) -> float:
-        """Volume of one voxel in mm3."""
-        return float(np.prod(self.spacing))
-
 
 def check_volume(volume: Volume, raw_label: np.ndarray) -> None:
     """Validate shapes, finiteness and label values of one patient."""

@@ -12,7 +12,7 @@ import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.io.nifti import nifti_inputs, read_nifti
-from sarcoma_seg.io.png import read_slices, slice_indices, slice_inputs
+from sarcoma_seg.io.png import read_slices, slice_files, slice_inputs
 
 SHAPE = (20, 18, 6)  # (x, y, z) as stored, RAS
 SPACING = (2.0, 1.5, 4.0)  # mm along x, y, z
@@ -402,7 +402,8 @@ def test_slices_pooled_grouped_and_stacked_in_index_order(tmp_path: Path) -> Non
         first.provenance == f"{tmp_path.name}/{{ct_images_dir,ct_images_valid_dir}}/STS_002_*_.png"
     )
     assert second.ct.shape == (1, 8, 8)
-    assert slice_indices(tmp_path) == {"STS_002": [2, 9, 10], "STS_003": [0]}
+    indices = [(s.patient_id, s.index) for s in slice_files(tmp_path)]
+    assert indices == [("STS_002", 2), ("STS_002", 9), ("STS_002", 10), ("STS_003", 0)]
     names = [p.relative_to(tmp_path).as_posix() for p in slice_inputs(tmp_path)]
     assert names[:2] == ["ct_images_dir/STS_002_10_.png", "ct_images_dir/STS_002_2_.png"]
     assert len(names) == 8 and "mask_images_test_dir/STS_003_0_.png" in names

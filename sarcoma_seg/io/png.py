@@ -85,8 +85,9 @@ def _pair_slice_files(image_dir: Path, mask_dir: Path) -> list[SliceFile]:
     return pairs
 
 
-def _slice_files(folder: Path) -> list[SliceFile]:
-    """Every slice of a PNG folder, pooled over all folder pairs, by patient and slice index."""
+def slice_files(folder: Path) -> list[SliceFile]:
+    """Every slice of a PNG folder (its image / mask pair), pooled over all folder pairs, by
+    patient and slice index."""
     folder = require_folder(folder)
     folder_pairs = _slice_folder_pairs(folder)
     if not folder_pairs:
@@ -113,22 +114,9 @@ def _slice_files(folder: Path) -> list[SliceFile]:
     return sorted(found.values(), key=lambda s: (s.patient_id, s.index))
 
 
-def slice_files(folder: Path) -> list[SliceFile]:
-    """Every image / mask pair of a PNG folder with its patient and slice index."""
-    return _slice_files(folder)
-
-
 def slice_inputs(folder: Path) -> list[Path]:
     """The PNG files read_slices reads, images and masks, sorted."""
-    return sorted(p for s in _slice_files(folder) for p in (s.image, s.mask))
-
-
-def slice_indices(folder: Path) -> dict[str, list[int]]:
-    """patient -> the true slice indices behind each row of its stacked volume."""
-    indices: dict[str, list[int]] = defaultdict(list)
-    for item in _slice_files(folder):
-        indices[item.patient_id].append(item.index)
-    return dict(indices)
+    return sorted(p for s in slice_files(folder) for p in (s.image, s.mask))
 
 
 def check_png_size(path: Path, patient_id: str) -> None:
@@ -200,7 +188,7 @@ def _stack_patient(folder: Path, patient_id: str, items: list[SliceFile]) -> Vol
     raw = np.stack(labels)
     folders = sorted({item.image.parent.name for item in items})
     # Rows of the stack are the slices that exist, in index order: a gap in the indices is
-    # closed up, so neighbours across it are not 5 mm apart; slice_indices() gives the true ones.
+    # closed up, so neighbours across it are not 5 mm apart; slice_files() gives the true ones.
     return validated_volume(
         patient_id,
         np.stack(images).astype(np.float32),  # 0..255 intensities, not HU
@@ -216,7 +204,7 @@ def read_slices(folder: Path) -> list[Volume]:
     """Every patient of a PNG slice folder, all folder pairs pooled, by patient id."""
     folder = Path(folder)
     by_patient: dict[str, list[SliceFile]] = defaultdict(list)
-    for item in _slice_files(folder):
+    for item in slice_files(folder):
         by_patient[item.patient_id].append(item)
     return [_stack_patient(folder, pid, items) for pid, items in sorted(by_patient.items())]
 
