@@ -11,7 +11,6 @@ TensorFlow starts); the figure is the global slices/s over the epochs after the 
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sarcoma_seg.stack import free_port  # noqa: E402
 
 
 def child(mode: str, slices: int, epochs: int) -> None:

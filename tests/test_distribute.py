@@ -4,7 +4,6 @@ MultiWorkerMirroredStrategy workers on 127.0.0.1 train end to end with only the 
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sarcoma_seg.stack import free_port
 from tests.conftest import copy_project, run, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -57,13 +57,6 @@ two = fit(mirrored)
 print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "loss": [one[0], two[0]],
                   "prob_diff": float(np.abs(one[1] - two[1]).mean())}))
 """
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

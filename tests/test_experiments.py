@@ -4,7 +4,6 @@ API, the model registry, and the queue (`dvc exp run --queue`, `dvc queue start`
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,17 +16,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from sarcoma_seg.stack import free_port
 from tests.conftest import copy_project, run, tiny_params
 
 pytestmark = pytest.mark.slow
 MODEL = "sarcoma-seg"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> None:

@@ -15,9 +15,10 @@ import yaml
 from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
 from sarcoma_seg.metrics import volume_scores
 from sarcoma_seg.model import load_unet
+from sarcoma_seg.stack import free_port
 from sarcoma_seg.volumes import load_volumes
 from tests.conftest import copy_project, ran, run, tiny_params
-from tests.test_experiments import free_port, serving
+from tests.test_experiments import serving
 
 pytestmark = pytest.mark.slow
 

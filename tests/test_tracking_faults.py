@@ -18,8 +18,9 @@ from mlflow import MlflowClient
 
 from sarcoma_seg.checkpoint import checkpointed_epochs
 from sarcoma_seg.errors import run_cli
+from sarcoma_seg.stack import free_port
 from tests.conftest import copy_project, ran, run, tiny_params
-from tests.test_experiments import free_port, wait_for
+from tests.test_experiments import wait_for
 
 pytestmark = pytest.mark.slow
 # the stage's own wait for the server at its end; 3 s instead of 30 keeps the test short
