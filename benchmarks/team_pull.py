@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sarcoma_seg.stack import BUCKET, REGION, Stack, running_stack  # noqa: E402
+from sarcoma_seg.stack import BUCKET, Stack, running_stack  # noqa: E402
 from tests.conftest import copy_project, ran, run  # noqa: E402
 
 
@@ -38,12 +38,7 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
 
 def bucket_objects(stack: Stack) -> list[dict]:
     """Every object in the team bucket (key and size)."""
-    import boto3
-
-    s3 = boto3.client(
-        "s3", endpoint_url=stack.s3_endpoint, region_name=REGION,
-        aws_access_key_id=stack.aws_key_id, aws_secret_access_key=stack.aws_secret,
-    )  # fmt: skip
+    s3 = stack.s3_client()
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
     objects = [item for page in pages for item in page.get("Contents", [])]
     for item in objects:

@@ -64,6 +64,15 @@ class Stack:
         """The S3 server's URL (for `dvc remote modify --local team endpointurl`)."""
         return f"http://127.0.0.1:{self.s3_port}"
 
+    def s3_client(self):  # boto3's client type is generated at run time
+        """A boto3 client of the S3 server, with the team's keys."""
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.s3_endpoint, region_name=REGION,
+            aws_access_key_id=self.aws_key_id, aws_secret_access_key=self.aws_secret,
+        )  # fmt: skip
+
     def client_env(self) -> dict[str, str]:
         """What a team member's shell holds: MLflow URI and login, S3 keys (the endpoint is in
         .dvc/config.local)."""
@@ -219,13 +228,7 @@ def start_s3(stack: Stack) -> None:
     server = shutil.which("moto_server") or "moto_server"
     spawn(stack, "s3", [server, "-H", "127.0.0.1", "-p", str(stack.s3_port)], dict(os.environ))
     wait_until("s3", lambda: port_open(stack.s3_port), stack)
-    import boto3
-
-    s3 = boto3.client(
-        "s3", endpoint_url=stack.s3_endpoint, region_name=REGION,
-        aws_access_key_id=stack.aws_key_id, aws_secret_access_key=stack.aws_secret,
-    )  # fmt: skip
-    s3.create_bucket(Bucket=BUCKET)
+    stack.s3_client().create_bucket(Bucket=BUCKET)
 
 
 def auth_config(stack: Stack) -> Path:

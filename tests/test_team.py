@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-import boto3
 import numpy as np
 import pytest
 import requests
 import yaml
 
-from sarcoma_seg.stack import BUCKET, REGION, Stack, alive, load_state, port_open
+from sarcoma_seg.stack import BUCKET, Stack, alive, load_state, port_open
 from tests.conftest import copy_project, ran, run, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -58,17 +57,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert not state.exists() and not Path(started.pg_dir).exists()
 
 
-def s3_client(stack: Stack):  # boto3's client type is generated at run time
-    """A boto3 S3 client on the stack's bucket."""
-    return boto3.client(
-        "s3", endpoint_url=stack.s3_endpoint, region_name=REGION,
-        aws_access_key_id=stack.aws_key_id, aws_secret_access_key=stack.aws_secret,
-    )  # fmt: skip
-
-
 def bucket_keys(stack: Stack, prefix: str) -> list[str]:
     """Every object key under prefix in the team bucket."""
-    pages = s3_client(stack).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    pages = (
+        stack.s3_client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    )
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
@@ -251,7 +244,7 @@ def test_no_secret_reaches_files_mlflow_or_the_bucket(team: Team, clone: Path) -
     for found in runs:
         text = json.dumps([found.data.params, found.data.tags, found.info.run_name])
         assert not leaks(text.encode(), hidden), f"a secret in run {found.info.run_id}"
-    s3 = s3_client(team.stack)
+    s3 = team.stack.s3_client()
     keys = bucket_keys(team.stack, "")
     assert keys
     for key in keys:
