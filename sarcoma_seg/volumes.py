@@ -77,13 +77,7 @@ def check_volume(volume: Volume, raw_label: np.ndarray) -> None:
         raise SarcomaSegError(f"{where}: PET shape {volume.pet.shape} != CT {volume.ct.shape}")
     if not np.isfinite(volume.ct).all():
         raise SarcomaSegError(f"{where}: CT holds NaN or infinite voxels")
-    if raw_label.dtype.kind == "f" and not np.isfinite(raw_label).all():
-        raise SarcomaSegError(f"{where}: mask holds NaN or infinite voxels")
-    if raw_label.dtype.kind == "f" and not np.array_equal(raw_label, np.round(raw_label)):
-        raise SarcomaSegError(f"{where}: mask values are not integer labels")
-    if raw_label.min() < 0:
-        raise SarcomaSegError(f"{where}: mask holds negative values, not labels")
-    check_label_count(raw_label, where)
+    check_labels(raw_label, where)
 
 
 def validated_volume(
@@ -120,6 +114,17 @@ def check_label_count(raw_label: np.ndarray, where: str) -> None:
             f"{where}: mask holds {count} distinct values ({share:.1%} of voxels > 0), more "
             f"than the {MAX_MASK_LABELS} a label map has; it looks like an image, not labels"
         )
+
+
+def check_labels(raw: np.ndarray, where: str) -> None:
+    """Refuse masks holding NaN, infinite, fractional or negative values."""
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise SarcomaSegError(f"{where}: mask holds NaN or infinite voxels")
+    if raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)):
+        raise SarcomaSegError(f"{where}: mask values are not integer labels")
+    if raw.size and raw.min() < 0:
+        raise SarcomaSegError(f"{where}: mask holds negative values, not labels")
+    check_label_count(raw, where)
 
 
 def check_distinct_patients(volumes: list[Volume]) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.volumes import check_label_count
 
 
 @dataclass
@@ -47,14 +46,3 @@ def require_folder(folder: Path) -> Path:
     if not visible_entries(folder):
         raise SarcomaSegError(f"{folder}: data folder is empty")
     return folder
-
-
-def check_labels(raw: np.ndarray, where: str) -> None:
-    """Refuse masks holding NaN, infinite, fractional or negative values."""
-    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-        raise SarcomaSegError(f"{where}: mask holds NaN or infinite voxels")
-    if raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)):
-        raise SarcomaSegError(f"{where}: mask values are not integer labels")
-    if raw.size and raw.min() < 0:
-        raise SarcomaSegError(f"{where}: mask holds negative values, not labels")
-    check_label_count(raw, where)

@@ -25,7 +25,6 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.io.common import (
     Scan,
-    check_labels,
     one_line,
     require_folder,
     visible_entries,
@@ -38,7 +37,7 @@ from sarcoma_seg.io.grid import (
     internal_axes,
     pet_onto_grid,
 )
-from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume
+from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume, check_labels
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IBSI_CT, IBSI_MASK, IBSI_PET = "CT_image", "CT_mask", "PET_image"  # PET_mask is not used

@@ -18,7 +18,6 @@ from PIL import Image
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.io.common import (
     Scan,
-    check_labels,
     one_line,
     require_folder,
     visible_entries,
@@ -30,6 +29,7 @@ from sarcoma_seg.volumes import (
     MAX_SLICES,
     MAX_VOXELS,
     Volume,
+    check_labels,
     validated_volume,
 )
 
