@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sarcoma_seg.params import load_params
 
@@ -71,4 +72,13 @@ def copy_project(repo: Path) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     run(["git", "init", "-q"], repo)
+    return repo
+
+
+def committed_project(repo: Path, params: dict[str, Any]) -> Path:
+    """copy_project with these params committed (dvc exp needs a commit to branch from)."""
+    copy_project(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny params"], repo)
     return repo

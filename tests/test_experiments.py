@@ -13,11 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from sarcoma_seg.stack import free_port
-from tests.conftest import copy_project, run, tiny_params
+from tests.conftest import committed_project, run, tiny_params
 
 pytestmark = pytest.mark.slow
 MODEL = "sarcoma-seg"
@@ -85,10 +84,7 @@ def rest(url: str, endpoint: str, body: dict | None = None, **query: str) -> dic
 
 def project(tmp_path: Path) -> Path:
     """A committed git + DVC copy of the project with tiny params."""
-    repo = copy_project(tmp_path / "repo")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny params"], repo)
+    repo = committed_project(tmp_path / "repo", tiny_params())
     return repo
 
 

@@ -19,7 +19,7 @@ from sarcoma_seg.checkpoint import checkpointed_epochs, open_checkpoint
 from sarcoma_seg.dataset import SliceSet
 from sarcoma_seg.pipeline_input import train_batches
 from sarcoma_seg.transforms import build_augmentation
-from tests.conftest import copy_project, ran, run, tiny_params
+from tests.conftest import committed_project, ran, run, tiny_params
 
 
 def resume_params() -> dict:
@@ -127,10 +127,7 @@ def test_resumed_input_gives_the_batches_an_uninterrupted_one_gives() -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC copy reproduced once, uninterrupted: the reference."""
-    repo = copy_project(tmp_path_factory.mktemp("resume") / "repo")
-    (repo / "params.yaml").write_text(yaml.safe_dump(resume_params(), sort_keys=False))
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny params"], repo)
+    repo = committed_project(tmp_path_factory.mktemp("resume") / "repo", resume_params())
     run(["dvc", "repro"], repo)
     return repo
 

@@ -10,14 +10,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import yaml
 
 from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
 from sarcoma_seg.metrics import volume_scores
 from sarcoma_seg.model import load_unet
 from sarcoma_seg.stack import free_port
 from sarcoma_seg.volumes import load_volumes
-from tests.conftest import copy_project, ran, run, tiny_params
+from tests.conftest import committed_project, ran, run, tiny_params
 from tests.test_experiments import serving
 
 pytestmark = pytest.mark.slow
@@ -26,10 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny pipeline, reproduced once: a registered model and its evaluation."""
-    repo = copy_project(tmp_path_factory.mktemp("serving") / "repo")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny params"], repo)
+    repo = committed_project(tmp_path_factory.mktemp("serving") / "repo", tiny_params())
     assert ran(run(["dvc", "repro"], repo))[-1] == "evaluate"
     return repo
 

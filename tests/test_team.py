@@ -17,10 +17,9 @@ from unittest import mock
 import numpy as np
 import pytest
 import requests
-import yaml
 
 from sarcoma_seg.stack import BUCKET, Stack, alive, load_state, port_open
-from tests.conftest import copy_project, ran, run, tiny_params
+from tests.conftest import committed_project, ran, run, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -74,10 +73,7 @@ def point_at_remote(repo: Path, stack: Stack) -> None:
 def team(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Team:
     """The tiny pipeline run once as a `dvc exp run` logging to the server, committed, pushed."""
     base = tmp_path_factory.mktemp("team")
-    repo = copy_project(base / "repo")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny params"], repo)
+    repo = committed_project(base / "repo", tiny_params())
     env = stack.client_env() | {"KAGGLE_KEY": CANARY, "SARCOMA_CANARY": CANARY}
     point_at_remote(repo, stack)
     logs = base / "logs"

@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from sarcoma_seg.checkpoint import checkpointed_epochs
 from sarcoma_seg.errors import run_cli
 from sarcoma_seg.stack import free_port
-from tests.conftest import copy_project, ran, run, tiny_params
+from tests.conftest import committed_project, ran, run, tiny_params
 from tests.test_experiments import wait_for
 
 pytestmark = pytest.mark.slow
@@ -75,12 +74,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC copy preprocessed once with tiny params (3 epochs of 12 steps)."""
-    repo = copy_project(tmp_path_factory.mktemp("faults") / "repo")
     params = tiny_params()
     params["train"].update(epochs=3, batch_size=2, ensemble=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny params"], repo)
+    repo = committed_project(tmp_path_factory.mktemp("faults") / "repo", params)
     run(["dvc", "repro", "preprocess"], repo)
     return repo
 
