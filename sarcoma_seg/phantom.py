@@ -18,14 +18,13 @@ from scipy import ndimage
 
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.lesions import largest_component
+from sarcoma_seg.volumes import HU_SCALE, KAGGLE_GROUPS, KAGGLE_H5
 
 # a tumour blob keeps its largest face-connected (6-connectivity) piece: the phantoms were generated
 # so from the start, and every synthetic patient (and the data digest in dvc.lock) depends on it
 BLOB_CONNECTIVITY = 1
 
-H5_NAME = "lab_petct_vox_5.00mm.h5"
 STUDY_LIST_NAME = "study_list.csv"
-GROUPS = ("ct_data", "pet_data", "label_data")
 STUDY_COLUMNS = (
     "Patient ID",
     "Sex",
@@ -37,7 +36,6 @@ STUDY_COLUMNS = (
 )
 
 AIR_HU = -1000.0
-HU_CLIP = (-1024.0, 3071.0)  # 12-bit CT range as stored by scanners
 MIN_SHAPE = (8, 32, 32)  # fewer slices or pixels cannot hold a multi-slice tumour beside bone
 
 
@@ -312,7 +310,7 @@ def paint_ct(anatomy: Anatomy, rng: np.random.Generator) -> np.ndarray:
     ct = ct + rng.uniform(8.0, 14.0) * smooth_noise(
         rng, shape, (0.0, 0.5, 0.5)
     )  # 5 mm slices: low noise
-    return np.clip(np.rint(ct), *HU_CLIP).astype(np.int16)
+    return np.clip(np.rint(ct), *HU_SCALE).astype(np.int16)  # as scanners store CT
 
 
 def add_table(ct: np.ndarray, rng: np.random.Generator, body: np.ndarray) -> np.ndarray:
@@ -400,7 +398,7 @@ def write_h5(path: Path, volumes: dict[str, tuple[np.ndarray, np.ndarray, np.nda
     os.close(fd)
     try:
         with h5py.File(tmp_name, "w") as h5:
-            groups = [h5.create_group(name) for name in GROUPS]
+            groups = [h5.create_group(name) for name in KAGGLE_GROUPS]
             for patient_id, arrays in volumes.items():
                 for group, array in zip(groups, arrays, strict=True):
                     # track_times=False keeps the file byte-identical for the same seed
@@ -441,7 +439,7 @@ def write_phantom_set(
         rows.append(clinical_row(patient_id, rng))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    h5_path, csv_path = out_dir / H5_NAME, out_dir / STUDY_LIST_NAME
+    h5_path, csv_path = out_dir / KAGGLE_H5, out_dir / STUDY_LIST_NAME
     write_h5(h5_path, volumes)
     write_study_list(csv_path, rows)
     return [h5_path, csv_path]

@@ -10,7 +10,8 @@ import pytest
 from scipy import ndimage
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.phantom import GROUPS, H5_NAME, STUDY_LIST_NAME, make_patient, write_phantom_set
+from sarcoma_seg.phantom import STUDY_LIST_NAME, make_patient, write_phantom_set
+from sarcoma_seg.volumes import KAGGLE_GROUPS, KAGGLE_H5
 
 SHAPE = (12, 48, 48)  # tiny but still several slices per tumour
 N_PATIENTS = 3
@@ -19,7 +20,7 @@ SEED = 7
 
 def read_set(out_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     """{group: {patient: array}} from a written phantom h5."""
-    with h5py.File(out_dir / H5_NAME, "r") as h5:
+    with h5py.File(out_dir / KAGGLE_H5, "r") as h5:
         return {g: {pid: h5[g][pid][()] for pid in h5[g]} for g in h5}
 
 
@@ -38,13 +39,13 @@ def volumes(phantom_dir: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def test_writes_exactly_the_kaggle_files(phantom_dir: Path) -> None:
-    assert sorted(p.name for p in phantom_dir.iterdir()) == sorted([H5_NAME, STUDY_LIST_NAME])
+    assert sorted(p.name for p in phantom_dir.iterdir()) == sorted([KAGGLE_H5, STUDY_LIST_NAME])
 
 
 def test_schema_groups_ids_shapes_dtypes(volumes) -> None:
-    assert set(volumes) == set(GROUPS)
+    assert set(volumes) == set(KAGGLE_GROUPS)
     ids = ["SYN_001", "SYN_002", "SYN_003"]
-    for group in GROUPS:
+    for group in KAGGLE_GROUPS:
         assert sorted(volumes[group]) == ids
     for pid in ids:
         ct, pet, label = (volumes[g][pid] for g in ("ct_data", "pet_data", "label_data"))
@@ -56,8 +57,8 @@ def test_schema_groups_ids_shapes_dtypes(volumes) -> None:
 
 
 def test_h5_datasets_are_gzip_compressed(phantom_dir: Path) -> None:
-    with h5py.File(phantom_dir / H5_NAME, "r") as h5:
-        assert all(h5[g][pid].compression == "gzip" for g in GROUPS for pid in h5[g])
+    with h5py.File(phantom_dir / KAGGLE_H5, "r") as h5:
+        assert all(h5[g][pid].compression == "gzip" for g in KAGGLE_GROUPS for pid in h5[g])
 
 
 def band_fraction(ct: np.ndarray, lo: float, hi: float) -> float:

@@ -35,9 +35,6 @@ from sarcoma_seg.volumes import (
 
 IMAGE_DIR, MASK_DIR = "ct_images", "mask_images"  # ct_images<suffix> pairs with mask_images<suffix>
 PNG_NAME = re.compile(r"(?P<patient>.+)_(?P<index>\d+)_\.png")  # <PATIENT>_<SLICE>_.png
-# The source file (lab_petct_vox_5.00mm.h5) has 5 mm isotropic voxels; the PNGs were resized to
-# 256x256 from an unknown in-plane size, so the in-plane 5 mm is approximate.
-SLICE_SPACING_MM = (5.0, 5.0, 5.0)
 # PIL raises SyntaxError on bad chunks, DecompressionBombError on sizes our header check missed
 PNG_ERRORS = (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -194,7 +191,9 @@ def _stack_patient(folder: Path, patient_id: str, items: list[SliceFile]) -> Vol
         np.stack(images).astype(np.float32),  # 0..255 intensities, not HU
         raw,  # 0, 1 and 2 occur: any label > 0 is tumour
         None,
-        SLICE_SPACING_MM,
+        # the source file's 5 mm voxels; approximate in-plane: the PNGs were resized to 256x256
+        # from an unknown in-plane size
+        KAGGLE_SPACING_MM,
         f"{folder.resolve().name}/{{{','.join(folders)}}}/{patient_id}_*_.png",
         units="png8",
     )
