@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -60,9 +61,10 @@ def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float
     thresholds and slice smoothings: inference-time levers measured on the very same weights."""
     import sarcoma_seg  # noqa: F401  (environment for TensorFlow and segmentation-models)
     from sarcoma_seg.inference import (
-        CONFIG_NAME,
-        load_config,
+        model_config_path,
         probabilities_to_mask,
+        read_model_config,
+        require_inference,
         volume_probabilities,
     )
     from sarcoma_seg.metrics import volume_scores
@@ -70,26 +72,25 @@ def inference_ablation(workdir: Path, params: dict) -> dict[str, dict[str, float
     from sarcoma_seg.volumes import load_volumes
 
     model_dir = workdir / params["paths"]["model"]
-    pre, inference = load_config(model_dir / CONFIG_NAME)
+    stored = read_model_config(model_config_path(model_dir))
+    pre, inference = stored.preprocessing, require_inference(model_config_path(model_dir), stored)
     model = load_unet(model_dir)
     test_ids = json.loads((workdir / params["paths"]["split"]).read_text())["test"]
     volumes = load_volumes(workdir / params["paths"]["raw"], test_ids)
     variants = {
-        f"{post}{'+flip' if flip else ''}": {**inference, "postprocess": post, "tta_flip": flip}
+        f"{post}{'+flip' if flip else ''}": replace(inference, postprocess=post, tta_flip=flip)
         for post, flip in itertools.product(("none", "largest_component"), (False, True))
     }
     for threshold, sigma in itertools.product(THRESHOLDS, Z_SIGMAS):
-        variants[f"threshold {threshold} z_sigma {sigma}"] = {
-            **inference,
-            "threshold": threshold,
-            "z_sigma": sigma,
-        }
+        variants[f"threshold {threshold} z_sigma {sigma}"] = replace(
+            inference, threshold=threshold, z_sigma=sigma
+        )
     scores: dict[str, dict[str, float]] = {}
     for v in volumes:  # the model runs once per flip setting; the variants reuse its output
         images = pre.volume(v.ct, v.pet)
         probs = {flip: volume_probabilities(model, images, flip) for flip in (False, True)}
         for name, variant in variants.items():
-            mask = probabilities_to_mask(probs[variant["tta_flip"]], pre, v.ct.shape[1:], variant)
+            mask = probabilities_to_mask(probs[variant.tta_flip], pre, v.ct.shape[1:], variant)
             scores.setdefault(name, {})[v.patient_id] = volume_scores(mask, v.mask, v.spacing)[
                 "dice_3d"
             ]
