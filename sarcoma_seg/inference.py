@@ -81,11 +81,14 @@ def write_model_config(path: Path, config: ModelConfig) -> None:
 def save_config(
     path: Path,
     pre: Preprocessing,
-    inference: Inference | None = None,
+    inference: Inference | dict[str, Any] | None = None,
     model: ModelSection | None = None,
 ) -> None:
     """Write the preprocessing (and, once there is a model, how it infers and the model section
-    that model.load_unet rebuilds it from)."""
+    that model.load_unet rebuilds it from); an inference section given as a mapping is checked
+    as a stored one (check_inference) first."""
+    if isinstance(inference, dict):
+        inference = Inference(**check_inference(inference))
     write_model_config(path, ModelConfig(pre, inference, model))
 
 
@@ -95,7 +98,7 @@ def read_config(path: Path) -> dict[str, Any]:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SarcomaSegError(f"{path}: cannot read the preprocessing ({reason})") from exc
+        raise SarcomaSegError(f"{path}: cannot read the stored config ({reason})") from exc
     try:
         check_model_config(config)
     except SarcomaSegError as exc:
