@@ -9,12 +9,12 @@ from typing import Any
 
 from sarcoma_seg import sources
 from sarcoma_seg.errors import run_cli
-from sarcoma_seg.settings import Data, load_settings, plain
+from sarcoma_seg.settings import Data, load_settings
 
 
 def download(data: Data, seed: int, out_dir: Path) -> dict[str, Any]:
     """Fetch the configured source into out_dir and return its manifest."""
-    return sources.fetch(plain(data), seed, out_dir)  # sources reads the section's plain form
+    return sources.fetch(data, seed, out_dir)
 
 
 def summary(manifest: dict[str, Any]) -> str:
