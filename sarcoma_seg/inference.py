@@ -66,7 +66,7 @@ def stored_form(config: ModelConfig) -> dict[str, Any]:
     """The JSON form of a stored config: the preprocessing fields, inference, model."""
     stored = {**asdict(config.preprocessing), "inference": None}
     if config.inference is not None:
-        stored["inference"] = {**asdict(config.inference)}
+        stored["inference"] = asdict(config.inference)
     if config.model is not None:
         stored["model"] = asdict(config.model)
     return stored
