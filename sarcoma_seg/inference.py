@@ -66,7 +66,11 @@ def stored_form(config: ModelConfig) -> dict[str, Any]:
     """The JSON form of a stored config: the preprocessing fields, inference, model."""
     stored = {**asdict(config.preprocessing), "inference": None}
     if config.inference is not None:
-        stored["inference"] = asdict(config.inference)
+        inference = config.inference  # numbers stored as floats, as check_inference reads them
+        stored["inference"] = asdict(inference) | {
+            "threshold": float(inference.threshold),
+            "z_sigma": float(inference.z_sigma),
+        }
     if config.model is not None:
         stored["model"] = asdict(config.model)
     return stored
