@@ -33,29 +33,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentation-models)
-from sarcoma_seg.inference import check_inference, save_config  # noqa: E402
+from sarcoma_seg.inference import MODEL_CONFIG_NAME, save_config  # noqa: E402
 from sarcoma_seg.model import MODEL_FILE, average_members, build_unet, save_unet  # noqa: E402
-from sarcoma_seg.params import load_params  # noqa: E402
 from sarcoma_seg.predict import predict_scan  # noqa: E402
 from sarcoma_seg.scans import read_scan  # noqa: E402
-from sarcoma_seg.transforms import preprocessing_from_params  # noqa: E402
+from sarcoma_seg.settings import load_settings  # noqa: E402
+from sarcoma_seg.transforms import preprocessing_from  # noqa: E402
 
 
 def default_model(folder: Path, pet: bool = True) -> Path:
     """An untrained U-Net saved as train saves it, with the default params' preprocessing."""
     folder.mkdir(parents=True, exist_ok=True)
-    params = load_params(ROOT / "params.yaml")
-    pre = preprocessing_from_params(params["base"], params["preprocess"])
+    settings = load_settings(ROOT / "params.yaml")
+    pre = preprocessing_from(settings.base.image_size, settings.preprocess)
     if not pet:
         pre = replace(pre, pet_window=None)  # a CT-only model, as trained on a source without PET
-    tp = params["train"]
+    tp = settings.train
     members = [
-        build_unet(tp["backbone"], None, pre.input_channels, tp["bn_momentum"])
-        for _ in range(tp.get("ensemble", 1))
+        build_unet(tp.backbone, None, pre.input_channels, tp.bn_momentum)
+        for _ in range(tp.ensemble)
     ]
     model = average_members(members, pre.input_channels)
-    section = save_unet(model, folder / MODEL_FILE, tp["backbone"])
-    save_config(folder / "preprocessing.json", pre, check_inference(params["inference"]), section)
+    section = save_unet(model, folder / MODEL_FILE, tp.backbone)
+    save_config(folder / MODEL_CONFIG_NAME, pre, settings.inference, section)
     return folder
 
 
@@ -86,7 +86,8 @@ launched = float(sys.argv[1])
 import sarcoma_seg
 from pathlib import Path
 from sarcoma_seg.predict import check_compatible, lesion_summary, model_folder, montage_slices
-from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+from sarcoma_seg.inference import (
+    model_config_path, read_model_config, require_inference, segment_volume)
 from sarcoma_seg.scans import read_scan
 from sarcoma_seg.plots import overlay_montage
 import numpy as np, json, tempfile
@@ -97,7 +98,8 @@ scan = read_scan(Path(sys.argv[3]), None, Path(sys.argv[4]) if len(sys.argv) > 4
 marks["reading"] = time.perf_counter() - t
 t = time.perf_counter()
 folder = model_folder(sys.argv[2], Path(tempfile.mkdtemp()))
-pre, inference = load_config(folder / CONFIG_NAME)
+stored = read_model_config(model_config_path(folder))
+pre, inference = stored.preprocessing, require_inference(model_config_path(folder), stored)
 check_compatible(scan, pre)
 model = load_unet(folder)
 marks["model load"] = time.perf_counter() - t
@@ -142,17 +144,13 @@ def registered_default(work: Path, folder: Path) -> dict:
     """The model folder registered as sarcoma-seg version 1 in a new sqlite store; its env."""
     import mlflow
 
-    from sarcoma_seg.inference import load_config
     from sarcoma_seg.serving import log_pyfunc
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("bench", artifact_location=(work / "art").as_uri())
-    pre, inference = load_config(folder / "preprocessing.json")
-    section = json.loads((folder / "preprocessing.json").read_text())["model"]
-    (work / "log").mkdir()
     with mlflow.start_run(experiment_id=experiment):
-        log_pyfunc(folder / MODEL_FILE, pre, inference, work / "log", "sarcoma-seg", section)
+        log_pyfunc(folder, "sarcoma-seg")
     return os.environ | {"MLFLOW_TRACKING_URI": uri, "SARCOMA_SEG_CACHE": str(work / "cache")}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.settings import Settings
 
 # at the repo root, git- and dvc-ignored and outside every DVC out: DVC neither deletes nor caches
 # it before rerunning train
@@ -29,10 +30,11 @@ CODE = Path(__file__).resolve().parents[1]  # the checkout whose code trains
 CALLBACK_STATE = ("wait", "best", "cooldown_counter", "stopped_epoch")
 
 
-def checkpoint_key(params: dict[str, Any], preprocessed: Path) -> str:
+def checkpoint_key(settings: Settings, preprocessed: Path) -> str:
     """Digest of what decides a training: its params sections, the preprocessed files and the
     code; a change in any of them never resumes a stale checkpoint."""
     digest = hashlib.sha256()
+    params = settings.as_params()
     sections = {k: params[k] for k in TRAIN_SECTIONS}
     digest.update(json.dumps(sections, sort_keys=True, default=str).encode())
     for path in sorted(Path(preprocessed).iterdir()):

@@ -18,25 +18,34 @@ import numpy as np
 
 from sarcoma_seg.config import MAX_BATCH_SIZE
 from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import CONFIG_NAME, components, load_config, segment_volume
+from sarcoma_seg.inference import (
+    CONFIG_NAME,
+    MODEL_CONFIG_NAME,
+    MODEL_FILE,
+    components,
+    model_config_path,
+    read_model_config,
+    require_inference,
+    segment_volume,
+)
 from sarcoma_seg.scans import Scan, read_scan, scan_stem
 from sarcoma_seg.transforms import Preprocessing
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-# where a pyfunc's model.h5 and preprocessing.json lie below a URI: a model's own artifacts, a
-# run's "model" folder, or the URI itself
+# where a pyfunc's model.h5 and model_config.json (older models: preprocessing.json) lie below a
+# URI: a model's own artifacts, a run's "model" folder, or the URI itself
 MLFLOW_MODEL_DIRS = ("artifacts", "model/artifacts", "")
 MONTAGE_SLICES = 12  # tumour slices shown in the overlay, evenly spread over the slice range
 
 
 def fetch_model_files(uri: str, scratch: Path) -> Path:
-    """Download only model.h5 and preprocessing.json of an MLflow model into scratch: never the
-    pickled pyfunc wrapper or its bundled code, which mlflow.pyfunc.load_model would execute."""
+    """Download only model.h5 and the stored config (model_config.json, or an older model's
+    preprocessing.json) of an MLflow model into scratch: never the pickled pyfunc wrapper or its
+    bundled code, which mlflow.pyfunc.load_model would execute."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from sarcoma_seg.model import MODEL_FILE
     from sarcoma_seg.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -45,20 +54,30 @@ def fetch_model_files(uri: str, scratch: Path) -> Path:
         repo = get_artifact_repository(uri)
         for prefix in MLFLOW_MODEL_DIRS:
             names = {Path(item.path).name for item in repo.list_artifacts(prefix or None)}
-            if {MODEL_FILE, CONFIG_NAME} <= names:
+            config = stored_config_name(names)
+            if MODEL_FILE in names and config is not None:
                 local = [
                     Path(repo.download_artifacts(f"{prefix}/{name}".lstrip("/"), str(scratch)))
-                    for name in (MODEL_FILE, CONFIG_NAME)
+                    for name in (MODEL_FILE, config)
                 ]
                 return local[0].parent  # where the repository put them, both in one folder
     except (MlflowException, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
-    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {CONFIG_NAME}")
+    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {MODEL_CONFIG_NAME}")
+
+
+def stored_config_name(names: set[str]) -> str | None:
+    """The stored config among a model's file names: model_config.json, else an older model's
+    preprocessing.json, else None."""
+    for name in (MODEL_CONFIG_NAME, CONFIG_NAME):
+        if name in names:
+            return name
+    return None
 
 
 def model_folder(uri: str, scratch: Path) -> Path:
-    """A local folder holding model.h5 and preprocessing.json, from a path or an MLflow URI
+    """A local folder holding model.h5 and its stored config, from a path or an MLflow URI
     (a registry version through the local cache, sarcoma_seg.model_cache)."""
     if uri.startswith(MLFLOW_SCHEMES):
         from sarcoma_seg.model_cache import cached_model
@@ -69,12 +88,10 @@ def model_folder(uri: str, scratch: Path) -> Path:
     local = Path(uri)
     if not local.exists():
         raise SarcomaSegError(f"model {uri}: no such folder, and not a runs:/ or models:/ URI")
-    from sarcoma_seg.model import MODEL_FILE  # TensorFlow: only once the folder exists
-
     for folder in (local, *(local / d for d in MLFLOW_MODEL_DIRS if d)):
-        if (folder / MODEL_FILE).is_file() and (folder / CONFIG_NAME).is_file():
+        if (folder / MODEL_FILE).is_file() and model_config_path(folder).is_file():
             return folder
-    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {CONFIG_NAME}")
+    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {MODEL_CONFIG_NAME}")
 
 
 def lesion_summary(mask: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, Any]:
@@ -119,9 +136,9 @@ def predict_scan(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
         folder = model_folder(model_uri, Path(scratch))
-        pre, inference = load_config(folder / CONFIG_NAME)
-        if inference is None:
-            raise SarcomaSegError(f"model {model_uri}: {CONFIG_NAME} has no inference section")
+        where = model_config_path(folder)
+        stored = read_model_config(where)
+        pre, inference = stored.preprocessing, require_inference(where, stored)
         check_compatible(scan, pre)
         from sarcoma_seg.model import load_unet  # TensorFlow: only once the input is good
 

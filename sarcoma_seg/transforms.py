@@ -1,7 +1,7 @@
 """Deterministic preprocessing, declared once and reused by preprocess, train, evaluate and predict,
 and the random albumentations augmentation that only training uses."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 from sarcoma_seg import config
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.params import check_image_size, check_positive_int
+from sarcoma_seg.settings import Preprocess
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,13 @@ class Preprocessing:
 WINDOW_PARAMS = {"HU": "hu_window", "png8": "png8_window"}  # which window fits which units
 
 
-def preprocessing_from_params(
-    base: dict[str, Any], pre: dict[str, Any], units: str = "HU"
-) -> Preprocessing:
-    """Build and validate the Preprocessing from the base and preprocess params sections."""
+def preprocessing_from(image_size: int, pre: Preprocess, units: str = "HU") -> Preprocessing:
+    """Build and validate the Preprocessing from base.image_size and the preprocess section,
+    for CT in `units` (HU, or png8 for 8-bit exported slices: their own window)."""
     name = WINDOW_PARAMS[units]
-    window = pre.get(name, [0, 255] if units == "png8" else None)
-    channels = check_positive_int("preprocess.channels", pre.get("channels"))
-    context = check_positive_int("preprocess.context_slices", pre.get("context_slices", 0), 0)
+    window = getattr(pre, name)
+    channels = check_positive_int("preprocess.channels", pre.channels)
+    context = check_positive_int("preprocess.context_slices", pre.context_slices, 0)
     if context and channels != 2 * context + 1:
         raise SarcomaSegError(
             f"preprocess.channels={channels} does not fit preprocess.context_slices={context}; "
@@ -113,12 +113,12 @@ def preprocessing_from_params(
         )
     if not context and channels not in (1, 3):
         raise SarcomaSegError(f"preprocess.channels={channels} is not allowed; choose 1 or 3")
-    size = check_image_size(base.get("image_size"))
-    pet = pre.get("pet_window")
+    size = check_image_size(image_size)
+    pet = pre.pet_window
     if pet is not None:
         pet = check_window("preprocess.pet_window", pet)
     window = check_window(f"preprocess.{name}", window)
-    windows = check_hu_windows(pre.get("hu_windows"), channels, context, units)
+    windows = check_hu_windows(pre.hu_windows, channels, context, units)
     return Preprocessing(window, size, channels, context, pet, units, windows)
 
 
@@ -231,16 +231,17 @@ def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], A.BasicTra
         "blur_sharpen": _blur_sharpen,
         "gauss_noise": lambda c: A.GaussNoise(std_range=tuple(c["std_range"]), p=c["p"]),
         "random_crop": _crop(size),
-        "pet_uptake": lambda c: PetUptake(tuple(c["scale"]), c.get("drop", 0.0), p=c["p"]),
+        "pet_uptake": lambda c: PetUptake(tuple(c["scale"]), c["drop"], p=c["p"]),
         "pet_blur": lambda c: PetBlur(tuple(c["sigma"]), p=c["p"]),
     }
 
 
 def build_augmentation(
-    augment: dict[str, Any], image_size: int, seed: int, pet: bool = False
+    augment: Mapping[str, Mapping[str, Any]], image_size: int, seed: int, pet: bool = False
 ) -> A.Compose:
-    """A seeded albumentations pipeline of the enabled transforms, in the original study's order
-    (then the PET ones, if the model reads PET)."""
+    """A seeded albumentations pipeline of the enabled transforms of train.augment, in the
+    original study's order (then the PET ones, if the model reads PET); a block the mapping
+    lacks is not applied."""
     registry = _augmentations(image_size)
     unknown = sorted(set(augment) - set(registry))
     if unknown:
@@ -250,8 +251,10 @@ def build_augmentation(
         )
     transforms = []
     for name, build in registry.items():
-        cfg = augment.get(name) or {}
-        if not cfg.get("enabled", False) or (name in PET_AUGMENTATIONS and not pet):
+        if name not in augment:
+            continue
+        cfg = augment[name]
+        if not cfg["enabled"] or (name in PET_AUGMENTATIONS and not pet):
             continue
         try:
             transforms.append(build(cfg))

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sarcoma_seg.distribute import is_chief, make_strategy, tf_config, worker_params
+from sarcoma_seg.distribute import is_chief, make_strategy, state_root, tf_config, worker_settings
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.settings import settings_from
 from tests.conftest import tiny_params
 
 TWO = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
@@ -30,17 +31,21 @@ def test_the_chief_is_task_chief_or_worker_0(config: dict, chief: bool) -> None:
 def test_other_workers_write_to_a_temporary_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     params = tiny_params()
     params["train"]["distribute"] = "multi_worker"
+    settings = settings_from(params)
     task = {"cluster": TWO, "task": {"type": "worker", "index": 1}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(task))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///real.db")
-    moved = worker_params(params)
+    moved = worker_settings(settings).paths
     for key in ("model", "metrics", "plots", "figures"):
-        assert Path(moved["paths"][key]).is_relative_to(Path(moved["paths"]["model"]).parent)
-        assert "sarcoma-seg-worker-" in moved["paths"][key]
-    assert moved["paths"]["preprocessed"] == params["paths"]["preprocessed"]  # reads the data
+        assert getattr(moved, key).is_relative_to(moved.model.parent)
+        assert "sarcoma-seg-worker-" in str(getattr(moved, key))
+    assert moved.preprocessed == settings.paths.preprocessed  # reads the data
     assert "sarcoma-seg-worker-" in os.environ["MLFLOW_TRACKING_URI"]
+    root = Path("repo")
+    assert state_root("multi_worker", moved.model, root) == moved.model.parent
     monkeypatch.setenv("TF_CONFIG", json.dumps(task | {"task": {"type": "worker", "index": 0}}))
-    assert worker_params(params) is params  # the chief writes the real outputs
+    assert worker_settings(settings) is settings  # the chief writes the real outputs
+    assert state_root("multi_worker", moved.model, root) == root
 
 
 def test_multi_worker_needs_a_valid_tf_config(monkeypatch: pytest.MonkeyPatch) -> None:

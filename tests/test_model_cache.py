@@ -16,14 +16,14 @@ def fetches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 
 def fake_fetch(calls: list[Path]):
-    """A fetch that writes model.h5 and preprocessing.json into a subfolder, like MLflow."""
+    """A fetch that writes model.h5 and model_config.json into a subfolder, like MLflow."""
 
     def fetch(dst: Path) -> Path:
         calls.append(dst)
         folder = dst / "artifacts"
         folder.mkdir(parents=True)
         (folder / "model.h5").write_bytes(b"weights")
-        (folder / "preprocessing.json").write_text("{}")
+        (folder / "model_config.json").write_text("{}")
         return folder
 
     return fetch
