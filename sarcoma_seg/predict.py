@@ -198,13 +198,15 @@ def open_model(model_uri: str, scratch: Path, batch_size: int | None) -> OpenMod
 
 
 def segment(model: OpenModel, scan: Scan, progress: bool) -> np.ndarray:
-    """The scan's mask: its slices prepared while the model may still load, then inference (the
-    steps and batches of inference.segment_volume, so the same mask as evaluate's)."""
+    """The scan's mask, once the model is loaded (the steps and batches of
+    inference.segment_volume, so the same mask as evaluate's)."""
     from tqdm import tqdm
 
     check_compatible(scan, model.pre)
-    images = model.pre.volume(scan.ct, scan.pet)
     unet, predictor = model.loader.result()
+    # after the model, not beside its loading: preparing takes and drops the GIL ~5 times a
+    # slice, and each time waits for the loading thread to let go of it (up to 5 ms)
+    images = model.pre.volume(scan.ct, scan.pet)
     shape = scan.ct.shape[1:]
     with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
         return segment_images(
