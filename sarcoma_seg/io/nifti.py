@@ -216,9 +216,11 @@ def inflated(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
     throughout, so predict's model loading in another thread runs meanwhile."""
     if not str(path).lower().endswith(".gz"):
         return image
+    offset = getattr(image.dataobj, "offset", None)  # where the file's data start (vox_offset)
+    if offset is None:
+        return image
     # the header's own size for the data; a longer stream is left to nibabel (bounded output)
-    size = int(image.header.get_data_offset())
-    size += int(np.prod(image.shape, dtype=object)) * image.get_data_dtype().itemsize
+    size = int(offset) + int(np.prod(image.shape, dtype=object)) * image.get_data_dtype().itemsize
     # deflate never grows data by more than ~0.1%: a larger file holds something else, and is
     # not read into memory whole
     if Path(path).stat().st_size > size + size // 100 + GZIP_SLACK:
