@@ -304,7 +304,11 @@ def run(args: argparse.Namespace) -> None:
     check_out(out)
     reader_name(args.input)  # a missing or unknown input: refused before anything slow starts
     with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
-        model = open_model(args.model, Path(scratch), args.batch_size)
+        try:
+            model = open_model(args.model, Path(scratch), args.batch_size)
+        except SarcomaSegError:
+            read_scan(args.input, args.patient, args.pet)  # a bad input is named first, as ever
+            raise
         try:
             scan = read_scan(args.input, args.patient, args.pet)
         except BaseException:
