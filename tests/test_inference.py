@@ -27,7 +27,7 @@ from sarcoma_seg.transforms import Preprocessing
 
 PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=1)
 PRE_PET = Preprocessing((-160.0, 240.0), 32, 3, pet_window=(0.0, 1.0))
-INFERENCE = {"threshold": 0.5, "postprocess": "none", "tta_flip": False}
+INFERENCE = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
 
 
 class LeftHalfModel:
