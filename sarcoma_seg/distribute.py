@@ -95,13 +95,20 @@ def worker_settings(settings: Settings) -> Settings:
 
 
 def state_root(distribute: str, model: Path, root: Path) -> Path:
-    """Where training keeps its checkpoint and run locks: the repository root, or on a non-chief
-    worker its scratch folder, the parent of its paths.model (such a worker does not resume:
-    resuming a cluster needs the chief's checkpoint on storage every worker sees, which this
-    project does not set up)."""
+    """Where training keeps its run locks and metrics outbox: the repository root, or on a
+    non-chief worker its scratch folder, the parent of its paths.model (it logs nothing that
+    anyone reads)."""
     if distribute != "multi_worker" or is_chief(tf_config()):
         return root
     return Path(model).parent
+
+
+def writes_checkpoint(distribute: str) -> bool:
+    """Whether this process writes the training checkpoint: every process but a non-chief
+    worker. Every worker of a cluster restores from <repository root>/.checkpoints, the chief's
+    (so all resume at the same epoch with the same weights); that folder must therefore be on
+    storage every worker sees (docs/distributed.md)."""
+    return distribute != "multi_worker" or is_chief(tf_config())
 
 
 def set_precision(mixed: bool, force: bool = False) -> bool:

@@ -24,6 +24,7 @@ INFERENCE_PIXELS = 32 * 96 * 96  # pixels per model call (see inference_batch_si
 # what models stored before these inference keys existed did: no postprocessing, no flip, no
 # smoothing (new models store every key, from params.yaml)
 OLDER_MODEL_INFERENCE = {"postprocess": "none", "tta_flip": False, "z_sigma": 0.0}
+Predictor = Callable[[np.ndarray], np.ndarray]  # a float32 batch -> the model's output
 
 
 POSTPROCESS = ("none", "largest_component")
@@ -188,14 +189,34 @@ def inference_batch_size(image_size: int) -> int:
     return max(1, INFERENCE_PIXELS // image_size**2)
 
 
-def predict_batch(model: Any, batch: np.ndarray, size: int) -> np.ndarray:
+def predict_batch(
+    model: Any, batch: np.ndarray, size: int, predictor: Predictor | None = None
+) -> np.ndarray:
     """(n <= size, rows, cols, channels) -> (n, rows, cols) probabilities from one compiled call,
-    the batch padded to `size` slices so that every call has one shape (traced once)."""
+    the batch padded to `size` slices so that every call has one shape (traced once); predictor:
+    traced_predictor's function for that shape instead of Keras' predict_on_batch."""
     n = len(batch)
     if n < size:
         batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
     # predict_on_batch runs Keras' compiled predict function: eager calls go op by op (2.6x slower)
-    return np.asarray(model.predict_on_batch(batch.astype(np.float32, copy=False)))[:n, ..., 0]
+    run = predictor or model.predict_on_batch
+    return np.asarray(run(batch.astype(np.float32, copy=False)))[:n, ..., 0]
+
+
+def traced_predictor(model: Any, batch_shape: tuple[int, int, int, int]) -> Predictor:
+    """The model's forward pass as one graph, traced now for float32 batches of batch_shape:
+    the ops predict_on_batch runs (the same probabilities, bit for bit: tests/test_inference.py),
+    but traced before the first batch exists, so predict traces while it reads the scan."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda images: model(images, training=False))
+    graph = forward.get_concrete_function(tf.TensorSpec(batch_shape, tf.float32))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        """Probabilities of one batch of exactly batch_shape."""
+        return graph(tf.constant(batch)).numpy()
+
+    return run
 
 
 def volume_probabilities(
@@ -204,17 +225,19 @@ def volume_probabilities(
     tta_flip: bool,
     batch_size: int | None = None,
     progress: Callable[[int], Any] | None = None,
+    predictor: Predictor | None = None,
 ) -> np.ndarray:
     """Model-ready slices (N, size, size, channels) -> tumour probabilities (N, size, size), batch
     by batch (the same batches every caller, so every caller gets the same numbers); batch_size
-    None: inference_batch_size of the images."""
+    None: inference_batch_size of the images; predictor: see predict_batch."""
     size = batch_size or inference_batch_size(images.shape[1])
     out = []
     for start in range(0, len(images), size):
         batch = images[start : start + size]
-        probs = predict_batch(model, batch, size)
+        probs = predict_batch(model, batch, size, predictor)
         if tta_flip:  # average with the left-right mirror, mirrored back
-            probs = (probs + predict_batch(model, batch[:, :, ::-1], size)[:, :, ::-1]) / 2
+            flipped = predict_batch(model, batch[:, :, ::-1], size, predictor)
+            probs = (probs + flipped[:, :, ::-1]) / 2
         out.append(probs)
         if progress is not None:
             progress(len(probs))
@@ -242,8 +265,24 @@ def segment_volume(
     """(slices, rows, cols) HU (and PET on that grid, if the model reads it) -> uint8 tumour
     mask on the same grid; progress(n) is called after every n slices."""
     images = pre.volume(ct, pet)
-    probs = volume_probabilities(model, images, inference.tta_flip, batch_size, progress)
-    return probabilities_to_mask(probs, pre, ct.shape[1:], inference)
+    return segment_images(model, pre, images, ct.shape[1:], inference, batch_size, progress)
+
+
+def segment_images(
+    model: Any,
+    pre: Preprocessing,
+    images: np.ndarray,
+    shape: tuple[int, int],
+    inference: Inference,
+    batch_size: int | None = None,
+    progress: Callable[[int], Any] | None = None,
+    predictor: Predictor | None = None,
+) -> np.ndarray:
+    """segment_volume from its model-ready slices pre.volume(ct, pet) (predict prepares them
+    while the model loads) onto the (rows, cols) grid of the CT."""
+    tta = inference.tta_flip
+    probs = volume_probabilities(model, images, tta, batch_size, progress, predictor)
+    return probabilities_to_mask(probs, pre, shape, inference)
 
 
 def probabilities_to_mask(

@@ -10,7 +10,9 @@ import argparse
 import json
 import shutil
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,17 @@ from sarcoma_seg.inference import (
     CONFIG_NAME,
     MODEL_CONFIG_NAME,
     MODEL_FILE,
+    Predictor,
     components,
+    inference_batch_size,
     model_config_path,
     read_model_config,
     require_inference,
-    segment_volume,
+    segment_images,
+    traced_predictor,
 )
-from sarcoma_seg.scans import Scan, read_scan, scan_stem
+from sarcoma_seg.scans import Scan, read_scan, reader_name, scan_stem
+from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
@@ -125,29 +131,95 @@ def check_compatible(scan: Scan, pre: Preprocessing) -> None:
         raise SarcomaSegError(f"{scan.name}: this model reads PET as well as CT; give --pet")
 
 
-def predict_scan(
-    model_uri: str, scan: Scan, out: Path, batch_size: int | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """Segment one scan and write mask, overlay and summary into out (all or nothing)."""
+class ModelLoader(threading.Thread):
+    """The U-Net of a model folder, loaded and its forward pass traced in a thread of its own
+    while the main thread reads the scan: importing TensorFlow and building the model run Python
+    code (they hold the GIL), reading a gzip NIfTI and preparing its slices mostly do not (zlib,
+    NumPy and OpenCV release it), so the two overlap on two cores."""
+
+    def __init__(self, folder: Path, batch_shape: tuple[int, int, int, int]) -> None:
+        # not a daemon: an early exit (bad input) waits for it rather than tearing TensorFlow
+        # down in the middle of its import
+        super().__init__(name="predict-model-loader")
+        self.folder, self.batch_shape = folder, batch_shape
+        self.cancelled = threading.Event()  # set when the command fails: skip what is left
+        self.loaded: tuple[Any, Predictor] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Import TensorFlow, load the U-Net (model.load_unet's checks) and trace it."""
+        try:
+            from sarcoma_seg.model import load_unet  # TensorFlow and segmentation-models
+
+            model = None if self.cancelled.is_set() else load_unet(self.folder)
+            if model is not None and not self.cancelled.is_set():
+                self.loaded = (model, traced_predictor(model, self.batch_shape))
+        except BaseException as exc:  # handed over to the main thread by result()
+            self.error = exc
+
+    def result(self) -> tuple[Any, Predictor]:
+        """(model, predictor) once loaded; what loading raised is raised here."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        if self.loaded is None:
+            raise SarcomaSegError(f"model {self.folder}: loading was cancelled")
+        return self.loaded
+
+
+@dataclass
+class OpenModel:
+    """A model whose settings are read and whose U-Net is loading (ModelLoader)."""
+
+    uri: str
+    pre: Preprocessing
+    inference: Inference
+    batch_size: int  # slices per model call
+    loader: ModelLoader
+    started: float  # time.perf_counter() when loading began
+
+    def cancel(self) -> None:
+        """The command failed: let the loader stop after its current step."""
+        self.loader.cancelled.set()
+
+
+def open_model(model_uri: str, scratch: Path, batch_size: int | None) -> OpenModel:
+    """Read a model's settings (its folder fetched first for an MLflow URI; no TensorFlow) and
+    start loading its U-Net in the background."""
+    started = time.perf_counter()
+    folder = model_folder(model_uri, scratch)
+    where = model_config_path(folder)
+    stored = read_model_config(where)
+    pre, inference = stored.preprocessing, require_inference(where, stored)
+    size = batch_size or inference_batch_size(pre.image_size)
+    loader = ModelLoader(folder, (size, pre.image_size, pre.image_size, pre.input_channels))
+    loader.start()
+    return OpenModel(model_uri, pre, inference, size, loader, started)
+
+
+def segment(model: OpenModel, scan: Scan, progress: bool) -> np.ndarray:
+    """The scan's mask, once the model is loaded (the steps and batches of
+    inference.segment_volume, so the same mask as evaluate's)."""
     from tqdm import tqdm
 
+    check_compatible(scan, model.pre)
+    unet, predictor = model.loader.result()
+    # after the model, not beside its loading: preparing takes and drops the GIL ~5 times a
+    # slice, and each time waits for the loading thread to let go of it (up to 5 ms)
+    images = model.pre.volume(scan.ct, scan.pet)
+    shape = scan.ct.shape[1:]
+    with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
+        return segment_images(
+            unet, model.pre, images, shape, model.inference, model.batch_size, bar.update, predictor
+        )
+
+
+def write_outputs(
+    scan: Scan, mask: np.ndarray, pre: Preprocessing, summary: dict[str, Any], out: Path
+) -> None:
+    """Mask, overlay and summary into out, all or nothing."""
     from sarcoma_seg.plots import overlay_montage
 
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
-        folder = model_folder(model_uri, Path(scratch))
-        where = model_config_path(folder)
-        stored = read_model_config(where)
-        pre, inference = stored.preprocessing, require_inference(where, stored)
-        check_compatible(scan, pre)
-        from sarcoma_seg.model import load_unet  # TensorFlow: only once the input is good
-
-        model = load_unet(folder)
-    with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
-        mask = segment_volume(model, pre, scan.ct, inference, scan.pet, batch_size, bar.update)
-    summary = {"input": scan.name, "model": model_uri, "shape": list(scan.ct.shape)}
-    summary |= {"spacing_mm": list(scan.spacing), **lesion_summary(mask, scan.spacing)}
-    summary["seconds"] = round(time.perf_counter() - start, 3)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # everything is written beside out first, then moved in: no half-written results
@@ -166,7 +238,29 @@ def predict_scan(
             item.replace(out / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def predict_opened(model: OpenModel, scan: Scan, out: Path, progress: bool) -> dict[str, Any]:
+    """Segment one scan with an opened model and write mask, overlay and summary into out."""
+    try:
+        mask = segment(model, scan, progress)
+    except BaseException:
+        model.cancel()
+        raise
+    summary = {"input": scan.name, "model": model.uri, "shape": list(scan.ct.shape)}
+    summary |= {"spacing_mm": list(scan.spacing), **lesion_summary(mask, scan.spacing)}
+    summary["seconds"] = round(time.perf_counter() - model.started, 3)
+    write_outputs(scan, mask, model.pre, summary, out)
     return summary
+
+
+def predict_scan(
+    model_uri: str, scan: Scan, out: Path, batch_size: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Segment one scan and write mask, overlay and summary into out (all or nothing)."""
+    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
+        model = open_model(model_uri, Path(scratch), batch_size)
+        return predict_opened(model, scan, out, progress)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -203,12 +297,24 @@ def check_batch_size(batch_size: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Check the arguments, segment the scan and print the summary, the only line on stdout."""
+    """Check the arguments, start loading the model, read the scan meanwhile, segment it and
+    print the summary, the only line on stdout."""
     check_batch_size(args.batch_size)
     out = args.out or Path("predictions") / scan_stem(args.input, args.patient)
     check_out(out)
-    scan = read_scan(args.input, args.patient, args.pet)
-    summary = predict_scan(args.model, scan, out, args.batch_size, not args.no_progress)
+    reader_name(args.input)  # a missing or unknown input: refused before anything slow starts
+    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
+        try:
+            model = open_model(args.model, Path(scratch), args.batch_size)
+        except SarcomaSegError:
+            read_scan(args.input, args.patient, args.pet)  # a bad input is named first, as ever
+            raise
+        try:
+            scan = read_scan(args.input, args.patient, args.pet)
+        except BaseException:
+            model.cancel()
+            raise
+        summary = predict_opened(model, scan, out, not args.no_progress)
     print(json.dumps(summary))
 
 

@@ -304,7 +304,11 @@ def run_training(settings: Settings, strategy: Any) -> None:
     uri = tracking.tracking_uri()
     runlog.check_reachable(uri)  # before anything is trained or written
     root = distribute.state_root(tp.distribute, paths.model, tracking.repo_root())
-    ckpt = checkpoint.open_checkpoint(root, checkpoint.checkpoint_key(settings, paths.preprocessed))
+    ckpt = checkpoint.open_checkpoint(  # the chief's, on every worker (they resume together)
+        tracking.repo_root(),
+        checkpoint.checkpoint_key(settings, paths.preprocessed),
+        distribute.writes_checkpoint(tp.distribute),
+    )
     for folder in (paths.plots, paths.figures):
         folder.mkdir(parents=True, exist_ok=True)
     tracking.use_experiment(tp.mlflow_experiment)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from sarcoma_seg.distribute import is_chief, make_strategy, state_root, tf_config, worker_settings
+from sarcoma_seg.distribute import (
+    is_chief,
+    make_strategy,
+    state_root,
+    tf_config,
+    worker_settings,
+    writes_checkpoint,
+)
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.settings import settings_from
 from tests.conftest import tiny_params
@@ -57,3 +64,30 @@ def test_multi_worker_needs_a_valid_tf_config(monkeypatch: pytest.MonkeyPatch) -
         tf_config()
     with pytest.raises(SarcomaSegError, match="train.distribute='gpu' is not allowed"):
         make_strategy("gpu")
+
+
+def test_every_worker_restores_the_chiefs_checkpoint_and_only_the_chief_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from sarcoma_seg.checkpoint import open_checkpoint
+
+    cluster = {"cluster": TWO, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    assert writes_checkpoint("multi_worker")
+    chief = open_checkpoint(tmp_path, "key", writes_checkpoint("multi_worker"))  # locked
+    chief.save({"epoch": 3}, [np.ones(2)], [np.zeros(1)])
+    chief.save_run_id("run-of-the-chief")
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster | {"task": {"type": "worker", "index": 1}}))
+    assert not writes_checkpoint("multi_worker")
+    worker = open_checkpoint(tmp_path, "key", writes_checkpoint("multi_worker"))  # the same folder
+    state = worker.load()
+    assert state is not None and state["epoch"] == 3 and np.array_equal(state["weights"][0], [1, 1])
+    worker.save({"epoch": 4}, [np.zeros(2)], [np.zeros(1)])  # ignored: the chief writes
+    worker.save_run_id("run-of-the-worker")
+    worker.remove()  # ignored too: the chief removes it once its run is logged
+    assert chief.load()["epoch"] == 3 and chief.run_id() == "run-of-the-chief"
+    assert writes_checkpoint("mirrored")  # one process: it writes its own
+    chief.remove()
+    assert not chief.folder.exists()

@@ -26,6 +26,8 @@ from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
 PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=1)
+PRE_PET = Preprocessing((-160.0, 240.0), 32, 3, pet_window=(0.0, 1.0))
+INFERENCE = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
 
 
 class LeftHalfModel:
@@ -186,3 +188,20 @@ def test_compiled_batches_match_the_eager_model() -> None:
     mirror = model(images[:, :, ::-1], training=False).numpy()[:, :, ::-1, 0]
     assert np.allclose(flipped, (eager + mirror) / 2, atol=1e-6)
     assert [inference_batch_size(s) for s in (96, 128, 512)] == [32, 18, 1]
+
+
+def test_the_pretraced_predictor_gives_predict_on_batch_bit_for_bit() -> None:
+    from sarcoma_seg.inference import traced_predictor, volume_probabilities
+    from sarcoma_seg.model import build_unet
+
+    model = build_unet("resnet18", None, 4)  # the U-Net predict runs, untrained
+    head = model.get_layer("final_conv")
+    head.bias.assign(np.zeros(head.bias.shape))  # probabilities near 0.5: a mask to compare
+    images = np.random.default_rng(2).random((7, 32, 32, 4)).astype(np.float32)
+    predictor = traced_predictor(model, (4, 32, 32, 4))  # traced before any batch is seen
+    for tta in (False, True):
+        keras = volume_probabilities(model, images, tta, 4)
+        traced = volume_probabilities(model, images, tta, 4, predictor=predictor)
+        assert np.array_equal(keras, traced)
+    mask = segment_volume(model, PRE_PET, images[..., 0] * 400 - 160, INFERENCE, images[..., 3])
+    assert 0 < mask.mean() < 1  # the comparison above covers both sides of the threshold
