@@ -43,8 +43,11 @@ threads = int(os.environ.get("SARCOMA_THREADS", "0"))
 if threads:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+from dataclasses import replace
+from pathlib import Path
 from sarcoma_seg.model import build_unet, compile_unet, seed_everything
 from sarcoma_seg.phantom import make_patient
+from sarcoma_seg.settings import load_settings
 steps, size, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 seed_everything(42)
 rng = np.random.default_rng(0)
@@ -52,8 +55,9 @@ ct, pet, mask = make_patient(rng, (16, size, size))[:3]
 x = np.stack([np.clip((ct + 160) / 400, 0, 1)] * 3 + [np.clip(pet / 6, 0, 1)], -1).astype("float32")
 y = (mask > 0).astype("float32")[..., None]
 model = build_unet("resnet18", None, 4)
-train = {"loss": "dice_focal", "focal_weight": 1.0, "learning_rate": 1e-3,
-         "lr_schedule": "constant", "ema_momentum": 0.99}
+train = replace(load_settings(Path(sarcoma_seg.__file__).parents[1] / "params.yaml").train,
+                loss="dice_focal", focal_weight=1.0, learning_rate=1e-3, lr_schedule="constant",
+                ema_momentum=0.99)
 compile_unet(model, train, steps)
 model.train_on_batch(x[:8], y[:8])  # build and trace outside the timing
 start = time.perf_counter()

@@ -18,9 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:  # the library imports TensorFlow's environment: only inside the functions
+    from sarcoma_seg.settings import Inference
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("split", "preprocess", "train", "evaluate")
@@ -59,12 +64,18 @@ def fold_probabilities(workdir: Path, params: dict, sets: tuple[str, ...]) -> tu
     """This fold's model run once per flip setting over the patients of `sets` (split names):
     the preprocessing, the model's inference section and {patient: (volume, {flip: probs})}."""
     import sarcoma_seg  # noqa: F401  (environment for TensorFlow and segmentation-models)
-    from sarcoma_seg.inference import CONFIG_NAME, load_config, volume_probabilities
+    from sarcoma_seg.inference import (
+        model_config_path,
+        read_model_config,
+        require_inference,
+        volume_probabilities,
+    )
     from sarcoma_seg.model import load_unet
     from sarcoma_seg.volumes import load_volumes
 
     model_dir = workdir / params["paths"]["model"]
-    pre, inference = load_config(model_dir / CONFIG_NAME)
+    stored = read_model_config(model_config_path(model_dir))
+    pre, inference = stored.preprocessing, require_inference(model_config_path(model_dir), stored)
     model = load_unet(model_dir)
     split = json.loads((workdir / params["paths"]["split"]).read_text())
     ids = [patient for name in sets for patient in split[name]]
@@ -78,30 +89,28 @@ def fold_probabilities(workdir: Path, params: dict, sets: tuple[str, ...]) -> tu
     return pre, inference, found
 
 
-def variant_dice(pre, found: dict, variant: dict) -> dict[str, float]:
+def variant_dice(pre, found: dict, variant: "Inference") -> dict[str, float]:
     """Held-out 3D Dice per patient of the stored probabilities under one inference setting."""
     from sarcoma_seg.inference import probabilities_to_mask
     from sarcoma_seg.metrics import volume_scores
 
     scores = {}
     for patient, (v, probs) in found.items():
-        mask = probabilities_to_mask(probs[variant["tta_flip"]], pre, v.ct.shape[1:], variant)
+        mask = probabilities_to_mask(probs[variant.tta_flip], pre, v.ct.shape[1:], variant)
         scores[patient] = volume_scores(mask, v.mask, v.spacing)["dice_3d"]
     return scores
 
 
-def inference_grid(inference: dict) -> dict[str, dict]:
+def inference_grid(inference: "Inference") -> dict[str, "Inference"]:
     """Every postprocess x flip-TTA setting and the threshold x z_sigma grid, the rest as stored."""
     variants = {
-        f"{post}{'+flip' if flip else ''}": {**inference, "postprocess": post, "tta_flip": flip}
+        f"{post}{'+flip' if flip else ''}": replace(inference, postprocess=post, tta_flip=flip)
         for post, flip in itertools.product(("none", "largest_component"), (False, True))
     }
     for threshold, sigma in itertools.product(THRESHOLDS, Z_SIGMAS):
-        variants[f"threshold {threshold} z_sigma {sigma}"] = {
-            **inference,
-            "threshold": threshold,
-            "z_sigma": sigma,
-        }
+        variants[f"threshold {threshold} z_sigma {sigma}"] = replace(
+            inference, threshold=threshold, z_sigma=sigma
+        )
     return variants
 
 

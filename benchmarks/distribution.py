@@ -24,6 +24,8 @@ from sarcoma_seg.stack import free_port  # noqa: E402
 
 def child(mode: str, slices: int, epochs: int) -> None:
     """Train in this process under `mode` and print {"slices_per_s": ...} as JSON."""
+    from dataclasses import replace
+
     from sarcoma_seg import distribute
 
     if mode == "mirrored":
@@ -33,8 +35,8 @@ def child(mode: str, slices: int, epochs: int) -> None:
 
     from benchmarks.input_pipeline import EpochTimer, synthetic_set
     from sarcoma_seg.model import build_unet, compile_unet, seed_everything
-    from sarcoma_seg.params import load_params
     from sarcoma_seg.pipeline_input import train_batches
+    from sarcoma_seg.settings import load_settings
     from sarcoma_seg.transforms import build_augmentation
 
     strategy = {
@@ -42,14 +44,14 @@ def child(mode: str, slices: int, epochs: int) -> None:
         "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
         "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,
     }[mode]()
-    tp = load_params(ROOT / "params.yaml")["train"]
+    tp = load_settings(ROOT / "params.yaml").train
     data = synthetic_set(slices, 96, 4)
-    augment = build_augmentation(tp["augment"], 96, 0, pet=True)
+    augment = build_augmentation(tp.augment, 96, 0, pet=True)
     with strategy.scope():
         seed_everything(0)
-        model = build_unet(tp["backbone"], None, 4, tp["bn_momentum"])
-        batches = train_batches(data, tp["batch_size"], augment, 0, epochs)
-        compile_unet(model, tp | {"epochs": epochs}, batches.steps)
+        model = build_unet(tp.backbone, None, 4, tp.bn_momentum)
+        batches = train_batches(data, tp.batch_size, augment, 0, epochs)
+        compile_unet(model, replace(tp, epochs=epochs), batches.steps)
         timer = EpochTimer()
         model.fit(
             batches.dataset,
@@ -58,7 +60,7 @@ def child(mode: str, slices: int, epochs: int) -> None:
             callbacks=[timer.callback],
             verbose=0,
         )
-    rate = timer.rate(int(np.ceil(slices / tp["batch_size"])) * tp["batch_size"])
+    rate = timer.rate(int(np.ceil(slices / tp.batch_size)) * tp.batch_size)
     print(json.dumps({"slices_per_s": rate, "replicas": strategy.num_replicas_in_sync}))
 
 

@@ -14,11 +14,11 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from sarcoma_seg.io.nifti import read_nifti
 from sarcoma_seg.io.png import read_slices
 from sarcoma_seg.metrics import volume_scores
+from sarcoma_seg.settings import load_settings
 from sarcoma_seg.transforms import Preprocessing
 from sarcoma_seg.volumes import Volume
 
@@ -55,8 +55,8 @@ def ceiling(volumes: list[Volume], size: int, threshold: float) -> list[float]:
 def main() -> None:
     """Score every data set found under --data at every size."""
     args = parse_args()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    thresholds = sorted({0.5, float(params["inference"]["threshold"])}, reverse=True)
+    inference = load_settings(ROOT / "params.yaml").inference
+    thresholds = sorted({0.5, float(inference.threshold)}, reverse=True)
     found = [name for name in READERS if (args.data / name).is_dir()]
     if not found:
         raise SystemExit(

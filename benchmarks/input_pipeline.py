@@ -12,6 +12,7 @@ of --rounds interleaved rounds; the machine's CPU is shared, so compare ratios, 
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentation-models)
 from sarcoma_seg.dataset import SliceSet, batch_sequence  # noqa: E402
 from sarcoma_seg.model import build_unet, compile_unet, seed_everything  # noqa: E402
-from sarcoma_seg.params import load_params  # noqa: E402
 from sarcoma_seg.pipeline_input import train_batches  # noqa: E402
+from sarcoma_seg.settings import load_settings  # noqa: E402
 from sarcoma_seg.transforms import build_augmentation  # noqa: E402
 
 
@@ -77,14 +78,14 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=4)  # 3 CT channels + PET
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    tp = load_params(ROOT / "params.yaml")["train"]
+    tp = load_settings(ROOT / "params.yaml").train
     data = synthetic_set(args.slices, args.size, args.channels)
     steps = int(np.ceil(args.slices / args.batch))
     slices = steps * args.batch
     seed_everything(0)
-    model = build_unet(tp["backbone"], None, args.channels, tp["bn_momentum"])
-    compile_unet(model, tp | {"epochs": args.epochs}, steps)
-    augment = build_augmentation(tp["augment"], args.size, 0, pet=args.channels == 4)
+    model = build_unet(tp.backbone, None, args.channels, tp.bn_momentum)
+    compile_unet(model, replace(tp, epochs=args.epochs), steps)
+    augment = build_augmentation(tp.augment, args.size, 0, pet=args.channels == 4)
 
     x, y = data.images[: args.batch], data.masks[: args.batch, ..., None].astype(np.float32)
     inputs = {
@@ -104,7 +105,7 @@ def main() -> None:
         fed += int(images.shape[0])
     pipeline_alone = fed / (time.perf_counter() - start)
     base = rates["model alone (pre-made batches)"]
-    print(f"{args.size} px, batch {args.batch}, {tp['backbone']}, {args.channels} channels")
+    print(f"{args.size} px, batch {args.batch}, {tp.backbone}, {args.channels} channels")
     for name, rate in rates.items():
         print(f"{name:32s} {rate:7.1f} slices/s  {rate / base:.2f}x model alone")
     print(f"{'tf.data pipeline alone (no model)':32s} {pipeline_alone:7.1f} slices/s")

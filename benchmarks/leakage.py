@@ -33,15 +33,16 @@ sys.path.insert(0, str(ROOT))
 
 import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentation-models)
 from benchmarks.cross_validation import override  # noqa: E402
-from sarcoma_seg.dataset import SliceSet  # noqa: E402
-from sarcoma_seg.inference import check_inference, segment_volume  # noqa: E402
+from sarcoma_seg.config import check_params  # noqa: E402
+from sarcoma_seg.dataset import SliceSet, slice_set, with_pet_if_present  # noqa: E402
+from sarcoma_seg.inference import segment_volume  # noqa: E402
 from sarcoma_seg.io.png import read_slices, slice_files  # noqa: E402
 from sarcoma_seg.metrics import dice, slice_scores, volume_scores  # noqa: E402
 from sarcoma_seg.model import check_train_params  # noqa: E402
+from sarcoma_seg.settings import Settings, settings_from  # noqa: E402
 from sarcoma_seg.split import split_patients  # noqa: E402
-from sarcoma_seg.transforms import preprocessing_from_params  # noqa: E402
+from sarcoma_seg.transforms import preprocessing_from  # noqa: E402
 from sarcoma_seg.volumes import Volume  # noqa: E402
-from stages.preprocess import slice_set, with_pet_if_present  # noqa: E402
 
 
 def folder_split(folder: Path) -> dict[tuple[str, int], str]:
@@ -61,16 +62,16 @@ def subset(data: SliceSet, keep: np.ndarray) -> SliceSet:
 
 
 def run_arm(
-    name: str, volumes: list[Volume], rows_of: Callable, params: dict, out: Path
+    name: str, volumes: list[Volume], rows_of: Callable, settings: Settings, out: Path
 ) -> dict[str, Any]:
     """Train on the train rows, pick by the val rows, score the test rows on the native grid."""
     import mlflow
 
-    from stages.train import train
+    from sarcoma_seg.training import train
 
-    pre = preprocessing_from_params(params["base"], params["preprocess"], volumes[0].units)
+    pre = preprocessing_from(settings.base.image_size, settings.preprocess, volumes[0].units)
     pre = with_pet_if_present(pre, volumes)  # the exported slices carry no PET
-    inference = check_inference(params["inference"])
+    inference = settings.inference
     everything = slice_set(volumes, pre)
     sets = {
         s: subset(everything, np.array(rows_of(everything.patients, everything.slices, s)))
@@ -78,7 +79,15 @@ def run_arm(
     }
     start = time.perf_counter()
     with mlflow.start_run(run_name=name):
-        model, history = train(sets["train"], sets["val"], params, pre, out)
+        model, history = train(
+            sets["train"],
+            sets["val"],
+            settings.train,
+            settings.base.seed,
+            inference.threshold,
+            pre,
+            out,
+        )
     minutes = (time.perf_counter() - start) / 60
     preds, truths, per_patient = [], [], {}
     for v in volumes:
@@ -116,16 +125,19 @@ def main() -> None:
     params["train"]["monitor"] = "last"  # no selection on the study's tumour-free validation
     for assignment in args.set:
         override(params, assignment)
-    check_train_params(params["train"])  # the stage checks these; this script calls train()
+    check_params(params, "params.yaml with --set")
+    settings = settings_from(params)
+    check_train_params(settings.train)  # the stage checks these; this script calls train()
     work = Path(tempfile.mkdtemp(prefix="sarcoma-leakage-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     volumes: list[Volume] = read_slices(Path(args.path))
     by_folder = folder_split(Path(args.path))
     order = {pid: sorted(i for p, i in by_folder if p == pid) for pid in {p for p, _ in by_folder}}
+    counts = settings.split
     patients = split_patients(
         [v.patient_id for v in volumes],
-        {k: params["split"][k] for k in ("train", "val", "test")},
-        params["base"]["seed"],
+        {"train": counts.train, "val": counts.val, "test": counts.test},
+        settings.base.seed,
     )
     arms = {
         "slice split": lambda ids, rows, s: [
@@ -133,7 +145,7 @@ def main() -> None:
         ],
         "patient split": lambda ids, rows, s: [p in patients[s] for p in ids],
     }
-    results = {name: run_arm(name, volumes, rows, params, work) for name, rows in arms.items()}
+    results = {name: run_arm(name, volumes, rows, settings, work) for name, rows in arms.items()}
     print(f"patient split: {patients}")
     keys = ["test_slices", "tumour_slices", "slice_iou", "slice_fscore", "tumour_slice_f"]
     keys.append("pooled_dice")

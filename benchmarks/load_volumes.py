@@ -23,9 +23,12 @@ from sarcoma_seg import sources
 from sarcoma_seg.io.dicom import read_dicom
 from sarcoma_seg.io.nifti import nifti_inputs, read_nifti
 from sarcoma_seg.io.png import read_slices, slice_inputs
+from sarcoma_seg.params import load_params
+from sarcoma_seg.settings import data_from
 from sarcoma_seg.volumes import Volume, load_volumes, raw_patient_ids
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BOTH = ("ibsi-sts", "ibsi-sts-dicom")
 ROI = "GTV"  # the CT RTSTRUCTs name it GTV_Mass_CT
 Read = tuple[list[Volume], int]  # volumes, bytes of the files read
@@ -53,9 +56,12 @@ def read_both(data: Path) -> Read:
     (the store is read back so that the figures count the same arrays)."""
     entries = [{"source": "nifti", "path": str(data / BOTH[0])}]
     entries.append({"source": "dicom", "path": str(data / BOTH[1])})
-    params = {"source": "synthetic", "roi": ROI, "spacing": None, "sources": entries}
+    params = load_params(ROOT / "params.yaml")["data"]
+    data = data_from(
+        params | {"source": "synthetic", "roi": ROI, "spacing": None, "sources": entries}
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = sources.fetch(params, 0, Path(tmp) / "raw")
+        manifest = sources.fetch(data, 0, Path(tmp) / "raw")
         volumes = load_volumes(Path(tmp) / "raw", raw_patient_ids(Path(tmp) / "raw"))
     return volumes, sum(f["bytes"] for f in manifest["files"])
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentation-models)
 from sarcoma_seg.model import build_unet, compile_unet, seed_everything  # noqa: E402
-from sarcoma_seg.params import load_params  # noqa: E402
+from sarcoma_seg.settings import load_settings  # noqa: E402
 
 RECIPES = {  # name: (backbone, image size, batch, channels)
     "defaults": ("resnet18", 96, 8, 4),
@@ -35,9 +35,9 @@ CORES = 2  # this machine: wall time x 2 cores = CPU time
 
 def slices_per_second(backbone: str, size: int, batch: int, channels: int, steps: int) -> float:
     """Training slices/s of one U-Net on a synthetic batch, after a warm-up step."""
-    tp = load_params(ROOT / "params.yaml")["train"]
+    tp = load_settings(ROOT / "params.yaml").train
     seed_everything(0)
-    model = build_unet(backbone, None, channels, tp["bn_momentum"])
+    model = build_unet(backbone, None, channels, tp.bn_momentum)
     compile_unet(model, tp, steps)
     rng = np.random.default_rng(0)
     x = rng.random((batch, size, size, channels), dtype=np.float32)

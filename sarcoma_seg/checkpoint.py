@@ -14,6 +14,7 @@ import numpy as np
 
 from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.settings import Settings
 
 # at the repo root, git- and dvc-ignored and outside every DVC out: DVC neither deletes nor caches
 # it before rerunning train
@@ -29,10 +30,11 @@ CODE = Path(__file__).resolve().parents[1]  # the checkout whose code trains
 CALLBACK_STATE = ("wait", "best", "cooldown_counter", "stopped_epoch")
 
 
-def checkpoint_key(params: dict[str, Any], preprocessed: Path) -> str:
+def checkpoint_key(settings: Settings, preprocessed: Path) -> str:
     """Digest of what decides a training: its params sections, the preprocessed files and the
     code; a change in any of them never resumes a stale checkpoint."""
     digest = hashlib.sha256()
+    params = settings.as_params()
     sections = {k: params[k] for k in TRAIN_SECTIONS}
     digest.update(json.dumps(sections, sort_keys=True, default=str).encode())
     for path in sorted(Path(preprocessed).iterdir()):
@@ -56,10 +58,12 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 @dataclass
 class Checkpoint:
-    """One training's checkpoint folder, locked by this process while it trains."""
+    """One training's checkpoint folder, locked by this process while it trains; a reader (a
+    non-chief worker of a cluster) restores from the chief's folder but never writes it."""
 
     folder: Path
-    lock: IO[str]
+    lock: IO[str] | None
+    writer: bool = True
 
     def load(self) -> dict[str, Any] | None:
         """The last completed epoch's state, or None if training has not completed one."""
@@ -73,14 +77,18 @@ class Checkpoint:
         return state
 
     def save(self, meta: dict[str, Any], weights: list, optimizer: list) -> None:
-        """Write one epoch's state atomically."""
+        """Write one epoch's state atomically (a reader writes nothing)."""
+        if not self.writer:
+            return
         arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
         arrays |= {f"o{i}": np.asarray(v) for i, v in enumerate(optimizer)}
         arrays["meta"] = np.array(json.dumps(meta))
         _write_atomic(self.folder / STATE, lambda f: np.savez(f, **arrays))
 
     def save_member(self, index: int, weights: list, history: dict[str, list[float]]) -> None:
-        """Keep a finished ensemble member's weights and history."""
+        """Keep a finished ensemble member's weights and history (a reader writes nothing)."""
+        if not self.writer:
+            return
         arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
         arrays["meta"] = np.array(json.dumps({"history": history}))
         _write_atomic(self.folder / f"member-{index}.npz", lambda f: np.savez(f, **arrays))
@@ -99,14 +107,19 @@ class Checkpoint:
         return json.loads(path.read_text())["run_id"] if path.is_file() else None
 
     def save_run_id(self, run_id: str) -> None:
-        """Keep the MLflow run id beside the checkpoint, so a resumed training continues it."""
+        """Keep the MLflow run id beside the checkpoint, so a resumed training continues it (a
+        reader writes nothing)."""
+        if not self.writer:
+            return
         text = json.dumps({"run_id": run_id}).encode()
         _write_atomic(self.folder / RUN, lambda f: f.write(text))
 
     def remove(self) -> None:
-        """Delete the checkpoint once its training is complete and logged."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.lock.close()
+        """Delete the checkpoint once its training is complete and logged (its writer only)."""
+        if self.writer:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.close()
 
 
 def _arrays(npz: Any, prefix: str) -> list[np.ndarray]:
@@ -115,10 +128,13 @@ def _arrays(npz: Any, prefix: str) -> list[np.ndarray]:
     return [npz[f"{prefix}{i}"] for i in range(count)]
 
 
-def open_checkpoint(root: Path, key: str) -> Checkpoint:
+def open_checkpoint(root: Path, key: str, writer: bool = True) -> Checkpoint:
     """The checkpoint folder of this training under <root>/.checkpoints, locked so that two
-    trainings never share it (the lock dies with the process, even on kill -9)."""
+    trainings never share it (the lock dies with the process, even on kill -9); writer False:
+    read only and unlocked (the chief of a cluster holds the lock and writes, distribute.py)."""
     folder = Path(root) / FOLDER / f"train-{key}"
+    if not writer:
+        return Checkpoint(folder, None, writer=False)
     folder.mkdir(parents=True, exist_ok=True)
     lock = (folder / LOCK).open("a")
     try:

@@ -7,15 +7,16 @@ learning rate). To use more replicas fully, raise train.batch_size with them and
 train.learning_rate by the same factor (the linear rule; docs/distributed.md)."""
 
 import atexit
-import copy
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.settings import Settings
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
 CPU_REPLICAS_ENV = "SARCOMA_SEG_CPU_REPLICAS"  # split the CPU into N logical devices (tests)
@@ -80,28 +81,34 @@ def make_strategy(name: str) -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def worker_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The params this process trains with: unchanged on the chief; on the other workers of a
+def worker_settings(settings: Settings) -> Settings:
+    """The settings this process trains with: unchanged on the chief; on the other workers of a
     cluster, outputs and the MLflow store move to a temporary folder (they train in lockstep
     but write nothing that DVC, git or the real MLflow store sees)."""
-    if params["train"].get("distribute", "none") != "multi_worker" or is_chief(tf_config()):
-        return params
+    if settings.train.distribute != "multi_worker" or is_chief(tf_config()):
+        return settings
     scratch = Path(tempfile.mkdtemp(prefix="sarcoma-seg-worker-"))
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-    params = copy.deepcopy(params)
-    for key in WORKER_PATHS:
-        params["paths"][key] = str(scratch / key)
+    moved = {key: scratch / key for key in WORKER_PATHS}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
-    return params
+    return replace(settings, paths=replace(settings.paths, **moved))
 
 
-def state_root(params: dict[str, Any], root: Path) -> Path:
-    """Where training keeps its checkpoint and run locks: the repository root, or on a non-chief
-    worker its scratch folder (such a worker does not resume: resuming a cluster needs the
-    chief's checkpoint on storage every worker sees, which this project does not set up)."""
-    if params["train"]["distribute"] != "multi_worker" or is_chief(tf_config()):
+def state_root(distribute: str, model: Path, root: Path) -> Path:
+    """Where training keeps its run locks and metrics outbox: the repository root, or on a
+    non-chief worker its scratch folder, the parent of its paths.model (it logs nothing that
+    anyone reads)."""
+    if distribute != "multi_worker" or is_chief(tf_config()):
         return root
-    return Path(params["paths"]["model"]).parent
+    return Path(model).parent
+
+
+def writes_checkpoint(distribute: str) -> bool:
+    """Whether this process writes the training checkpoint: every process but a non-chief
+    worker. Every worker of a cluster restores from <repository root>/.checkpoints, the chief's
+    (so all resume at the same epoch with the same weights); that folder must therefore be on
+    storage every worker sees (docs/distributed.md)."""
+    return distribute != "multi_worker" or is_chief(tf_config())
 
 
 def set_precision(mixed: bool, force: bool = False) -> bool:

@@ -3,7 +3,7 @@ pyfunc and predict share, so they give identical masks."""
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,19 @@ from scipy import ndimage
 from sarcoma_seg.config import STORED_INFERENCE, check_mapping, check_model_config
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.lesions import largest_component
+from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
+MODEL_FILE = "model.h5"  # weights only, HDF5: the architecture comes from model.build_unet
+MODEL_CONFIG_NAME = "model_config.json"  # a model folder: preprocessing, inference, architecture
+# the preprocessed data's settings, and the name models trained before model_config.json used
+# for their whole config (registry versions hold it): read as a fallback with the same checks
 CONFIG_NAME = "preprocessing.json"
 INFERENCE_PIXELS = 32 * 96 * 96  # pixels per model call (see inference_batch_size)
+# what models stored before these inference keys existed did: no postprocessing, no flip, no
+# smoothing (new models store every key, from params.yaml)
+OLDER_MODEL_INFERENCE = {"postprocess": "none", "tta_flip": False, "z_sigma": 0.0}
+Predictor = Callable[[np.ndarray], np.ndarray]  # a float32 batch -> the model's output
 
 
 # inference.postprocess -> what it does to a mask (config.POSTPROCESS_NAMES lists the same names)
@@ -26,30 +35,71 @@ POSTPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelSection:
+    """What model.load_unet rebuilds the architecture from, and the weights file's hash."""
+
+    backbone: str
+    channels: int
+    members: int
+    weights_sha256: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model folder's stored config: the preprocessing it was trained with, how it infers and
+    its architecture (the preprocessed data's config holds the preprocessing only)."""
+
+    preprocessing: Preprocessing
+    inference: Inference | None
+    model: ModelSection | None
+
+
 def check_inference(inference: dict[str, Any]) -> dict[str, Any]:
-    """Validate the inference section against its schema (threshold, postprocessing, flip test-time
-    augmentation, slice smoothing); absent keys but the threshold are off, as for older models."""
+    """Validate a stored inference section against its schema (threshold, postprocessing, flip
+    test-time augmentation, slice smoothing); keys an older model lacks are what it did."""
     check_mapping("inference", STORED_INFERENCE, inference)
+    filled = {**OLDER_MODEL_INFERENCE, **inference}
     return {
-        "threshold": float(inference["threshold"]),
-        "postprocess": inference.get("postprocess", "none"),
-        "tta_flip": inference.get("tta_flip", False),
-        "z_sigma": float(inference.get("z_sigma", 0)),
+        "threshold": float(filled["threshold"]),
+        "postprocess": filled["postprocess"],
+        "tta_flip": filled["tta_flip"],
+        "z_sigma": float(filled["z_sigma"]),
     }
+
+
+def stored_form(config: ModelConfig) -> dict[str, Any]:
+    """The JSON form of a stored config: the preprocessing fields, inference, model."""
+    stored = {**asdict(config.preprocessing), "inference": None}
+    if config.inference is not None:
+        inference = config.inference  # numbers stored as floats, as check_inference reads them
+        stored["inference"] = asdict(inference) | {
+            "threshold": float(inference.threshold),
+            "z_sigma": float(inference.z_sigma),
+        }
+    if config.model is not None:
+        stored["model"] = asdict(config.model)
+    return stored
+
+
+def write_model_config(path: Path, config: ModelConfig) -> None:
+    """Write a stored config (the model folder's model_config.json, or the preprocessed data's
+    preprocessing.json without inference and model)."""
+    Path(path).write_text(json.dumps(stored_form(config), indent=2) + "\n")
 
 
 def save_config(
     path: Path,
     pre: Preprocessing,
-    inference: dict[str, Any] | None = None,
-    model: dict[str, Any] | None = None,
+    inference: Inference | dict[str, Any] | None = None,
+    model: ModelSection | None = None,
 ) -> None:
     """Write the preprocessing (and, once there is a model, how it infers and the model section
-    that model.load_unet rebuilds it from) beside the data."""
-    config = {**asdict(pre), "inference": inference}
-    if model is not None:
-        config["model"] = model
-    Path(path).write_text(json.dumps(config, indent=2) + "\n")
+    that model.load_unet rebuilds it from); an inference section given as a mapping is checked
+    as a stored one (check_inference) first."""
+    if isinstance(inference, dict):
+        inference = Inference(**check_inference(inference))
+    write_model_config(path, ModelConfig(pre, inference, model))
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -58,7 +108,7 @@ def read_config(path: Path) -> dict[str, Any]:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SarcomaSegError(f"{path}: cannot read the preprocessing ({reason})") from exc
+        raise SarcomaSegError(f"{path}: cannot read the stored config ({reason})") from exc
     try:
         check_model_config(config)
     except SarcomaSegError as exc:
@@ -66,17 +116,50 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
-    """Read what save_config wrote: the preprocessing and the inference section."""
-    config = read_config(path)
-    config.pop("model", None)  # model.load_unet reads it
-    inference = config.pop("inference", None)
+def stored_preprocessing(config: dict[str, Any]) -> Preprocessing:
+    """The Preprocessing of a checked stored config (keys an older model lacks: its defaults)."""
+    fields = {k: v for k, v in config.items() if k not in ("inference", "model")}
     for key in ("hu_window", "pet_window"):
-        if config.get(key) is not None:
-            config[key] = tuple(config[key])
-    if config.get("hu_windows") is not None:
-        config["hu_windows"] = tuple(tuple(w) for w in config["hu_windows"])
-    return Preprocessing(**config), inference
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    if fields.get("hu_windows") is not None:
+        fields["hu_windows"] = tuple(tuple(w) for w in fields["hu_windows"])
+    return Preprocessing(**fields)
+
+
+def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
+    """Read what save_config wrote: the preprocessing and the inference section as stored."""
+    config = read_config(path)
+    return stored_preprocessing(config), config.get("inference")
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """A stored config as ModelConfig, checked against config.MODEL_CONFIG (a model section's
+    backbone and hash are checked where the model is rebuilt: model.check_model_section)."""
+    config = read_config(path)
+    inference, model = config.get("inference"), config.get("model")
+    return ModelConfig(
+        stored_preprocessing(config),
+        None if inference is None else Inference(**check_inference(inference)),
+        None if model is None else ModelSection(**model),
+    )
+
+
+def require_inference(path: Path, config: ModelConfig) -> Inference:
+    """The inference section of a model's stored config; a config without one (the
+    preprocessed data's) cannot segment."""
+    if config.inference is None:
+        raise SarcomaSegError(f"{path}: has no inference section; it is not a model's config")
+    return config.inference
+
+
+def model_config_path(folder: Path) -> Path:
+    """A model folder's stored config: model_config.json, or an older model's
+    preprocessing.json when only that exists."""
+    folder = Path(folder)
+    if not (folder / MODEL_CONFIG_NAME).is_file() and (folder / CONFIG_NAME).is_file():
+        return folder / CONFIG_NAME
+    return folder / MODEL_CONFIG_NAME
 
 
 def inference_batch_size(image_size: int) -> int:
@@ -86,14 +169,34 @@ def inference_batch_size(image_size: int) -> int:
     return max(1, INFERENCE_PIXELS // image_size**2)
 
 
-def predict_batch(model: Any, batch: np.ndarray, size: int) -> np.ndarray:
+def predict_batch(
+    model: Any, batch: np.ndarray, size: int, predictor: Predictor | None = None
+) -> np.ndarray:
     """(n <= size, rows, cols, channels) -> (n, rows, cols) probabilities from one compiled call,
-    the batch padded to `size` slices so that every call has one shape (traced once)."""
+    the batch padded to `size` slices so that every call has one shape (traced once); predictor:
+    traced_predictor's function for that shape instead of Keras' predict_on_batch."""
     n = len(batch)
     if n < size:
         batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
     # predict_on_batch runs Keras' compiled predict function: eager calls go op by op (2.6x slower)
-    return np.asarray(model.predict_on_batch(batch.astype(np.float32, copy=False)))[:n, ..., 0]
+    run = predictor or model.predict_on_batch
+    return np.asarray(run(batch.astype(np.float32, copy=False)))[:n, ..., 0]
+
+
+def traced_predictor(model: Any, batch_shape: tuple[int, int, int, int]) -> Predictor:
+    """The model's forward pass as one graph, traced now for float32 batches of batch_shape:
+    the ops predict_on_batch runs (the same probabilities, bit for bit: tests/test_inference.py),
+    but traced before the first batch exists, so predict traces while it reads the scan."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda images: model(images, training=False))
+    graph = forward.get_concrete_function(tf.TensorSpec(batch_shape, tf.float32))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        """Probabilities of one batch of exactly batch_shape."""
+        return graph(tf.constant(batch)).numpy()
+
+    return run
 
 
 def volume_probabilities(
@@ -102,17 +205,19 @@ def volume_probabilities(
     tta_flip: bool,
     batch_size: int | None = None,
     progress: Callable[[int], Any] | None = None,
+    predictor: Predictor | None = None,
 ) -> np.ndarray:
     """Model-ready slices (N, size, size, channels) -> tumour probabilities (N, size, size), batch
     by batch (the same batches every caller, so every caller gets the same numbers); batch_size
-    None: inference_batch_size of the images."""
+    None: inference_batch_size of the images; predictor: see predict_batch."""
     size = batch_size or inference_batch_size(images.shape[1])
     out = []
     for start in range(0, len(images), size):
         batch = images[start : start + size]
-        probs = predict_batch(model, batch, size)
+        probs = predict_batch(model, batch, size, predictor)
         if tta_flip:  # average with the left-right mirror, mirrored back
-            probs = (probs + predict_batch(model, batch[:, :, ::-1], size)[:, :, ::-1]) / 2
+            flipped = predict_batch(model, batch[:, :, ::-1], size, predictor)
+            probs = (probs + flipped[:, :, ::-1]) / 2
         out.append(probs)
         if progress is not None:
             progress(len(probs))
@@ -132,7 +237,7 @@ def segment_volume(
     model: Any,
     pre: Preprocessing,
     ct: np.ndarray,
-    inference: dict[str, Any],
+    inference: Inference,
     pet: np.ndarray | None = None,
     batch_size: int | None = None,
     progress: Callable[[int], Any] | None = None,
@@ -140,16 +245,32 @@ def segment_volume(
     """(slices, rows, cols) HU (and PET on that grid, if the model reads it) -> uint8 tumour
     mask on the same grid; progress(n) is called after every n slices."""
     images = pre.volume(ct, pet)
-    probs = volume_probabilities(model, images, inference["tta_flip"], batch_size, progress)
-    return probabilities_to_mask(probs, pre, ct.shape[1:], inference)
+    return segment_images(model, pre, images, ct.shape[1:], inference, batch_size, progress)
+
+
+def segment_images(
+    model: Any,
+    pre: Preprocessing,
+    images: np.ndarray,
+    shape: tuple[int, int],
+    inference: Inference,
+    batch_size: int | None = None,
+    progress: Callable[[int], Any] | None = None,
+    predictor: Predictor | None = None,
+) -> np.ndarray:
+    """segment_volume from its model-ready slices pre.volume(ct, pet) (predict prepares them
+    while the model loads) onto the (rows, cols) grid of the CT."""
+    tta = inference.tta_flip
+    probs = volume_probabilities(model, images, tta, batch_size, progress, predictor)
+    return probabilities_to_mask(probs, pre, shape, inference)
 
 
 def probabilities_to_mask(
-    probs: np.ndarray, pre: Preprocessing, shape: tuple[int, int], inference: dict[str, Any]
+    probs: np.ndarray, pre: Preprocessing, shape: tuple[int, int], inference: Inference
 ) -> np.ndarray:
     """Model-grid probabilities (slices, size, size) -> uint8 mask on the (rows, cols) slice grid:
     smoothed across slices, restored, thresholded and postprocessed as `inference` says."""
-    probs = smooth_across_slices(probs, inference.get("z_sigma", 0.0))
-    threshold = inference["threshold"]
+    probs = smooth_across_slices(probs, inference.z_sigma)
+    threshold = inference.threshold
     mask = np.stack([pre.restore(p, shape) >= threshold for p in probs]).astype(np.uint8)
-    return POSTPROCESS[inference["postprocess"]](mask)
+    return POSTPROCESS[inference.postprocess](mask)

@@ -217,7 +217,7 @@ def move_tree(src: Path, dest: Path) -> list[Path]:
     return moved
 
 
-def fetch_kaggle(out_dir: Path, data_params: dict, seed: int) -> list[Path]:
-    """SOURCES entry: download `data.kaggle_dataset` into out_dir (the seed is unused)."""
-    dataset = check_slug(data_params.get("kaggle_dataset"))
+def fetch_kaggle(out_dir: Path, kaggle_dataset: object) -> list[Path]:
+    """Download data.kaggle_dataset (checked first) into out_dir."""
+    dataset = check_slug(kaggle_dataset)
     return download_dataset(dataset, out_dir, make_api())

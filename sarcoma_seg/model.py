@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError, choice
-from sarcoma_seg.params import check_positive_int
+from sarcoma_seg.inference import MODEL_FILE, ModelSection, model_config_path, read_model_config
+from sarcoma_seg.settings import Train
 
 # segmentation-models prints a banner on stdout at import: silenced, so that predict's stdout
 # holds only its JSON and stderr only what went wrong
@@ -66,42 +67,25 @@ def backbones() -> list[str]:
     return list(sm.get_available_backbone_names())
 
 
-def check_train_params(train: dict[str, Any]) -> None:
-    """Validate the train section before anything is written."""
-    choice("train.backbone", train.get("backbone"), backbones())
-    choice("train.encoder_weights", train.get("encoder_weights"), ENCODER_WEIGHTS)
-    choice("train.loss", train.get("loss", "dice_focal"), LOSSES)
-    choice("train.monitor", train.get("monitor", "val_loss"), [*MONITORS, "last"])
-    schedule = choice("train.lr_schedule", train.get("lr_schedule", "plateau"), LR_SCHEDULES)
-    if schedule == "plateau" and train.get("monitor", "val_loss") == "last":
+def check_train_params(train: Train) -> None:
+    """What the schema cannot check of the train section: the backbone exists, and the monitor
+    fits the schedule and the ensemble (before anything is written)."""
+    choice("train.backbone", train.backbone, backbones())
+    if train.lr_schedule == "plateau" and train.monitor == "last":
         raise SarcomaSegError(
             "train.lr_schedule=plateau needs a validation monitor, but train.monitor=last; "
             "use cosine or constant"
         )
-    name = train.get("registered_model")
-    if not isinstance(name, str) or not name.strip() or "/" in name:
+    if "/" in train.registered_model:
         raise SarcomaSegError(
-            f"train.registered_model={name!r} is not allowed; give a name without '/'"
+            f"train.registered_model={train.registered_model!r} is not allowed; "
+            "give a name without '/'"
         )
-    check_positive_int("train.epochs", train.get("epochs"))
-    members = check_positive_int("train.ensemble", train.get("ensemble", 1))
-    if members > 1 and train.get("monitor", "val_loss") != "last":
+    if train.ensemble > 1 and train.monitor != "last":
         raise SarcomaSegError(
-            f"train.ensemble={members} averages members trained for the same epochs, but "
-            f"train.monitor={train.get('monitor', 'val_loss')} stops each early; use monitor: last"
+            f"train.ensemble={train.ensemble} averages members trained for the same epochs, but "
+            f"train.monitor={train.monitor} stops each early; use monitor: last"
         )
-    check_positive_int("train.batch_size", train.get("batch_size"))
-    fraction = train.get("tumour_fraction")
-    if fraction is not None and (not isinstance(fraction, int | float) or not 0 < fraction < 1):
-        raise SarcomaSegError(
-            f"train.tumour_fraction={fraction!r} is not allowed; use null or 0 < f < 1"
-        )
-    ema = train.get("ema_momentum")
-    if ema is not None and (not isinstance(ema, int | float) or not 0 < ema < 1):
-        raise SarcomaSegError(f"train.ema_momentum={ema!r} is not allowed; use null or 0 < m < 1")
-    lr = train.get("learning_rate")
-    if not isinstance(lr, int | float) or lr <= 0:
-        raise SarcomaSegError(f"train.learning_rate={lr!r} is not allowed; it must be > 0")
 
 
 def seed_everything(seed: int) -> None:
@@ -129,18 +113,19 @@ def build_unet(
     return model
 
 
-def compile_unet(model: tf.keras.Model, train: dict[str, Any], steps_per_epoch: int = 1) -> None:
+def compile_unet(model: tf.keras.Model, train: Train, steps_per_epoch: int = 1) -> None:
     """Adam (with an exponential moving average of the weights if train.ema_momentum is set),
     the configured loss, and the original study's IoU and F-score metrics."""
-    loss = LOSSES[train.get("loss", "dice_focal")](float(train.get("focal_weight", 1.0)))
-    ema = train.get("ema_momentum")
-    rate: Any = float(train["learning_rate"])
-    if train.get("lr_schedule", "plateau") == "cosine":
-        steps = int(train["epochs"]) * steps_per_epoch
+    loss = LOSSES[train.loss](float(train.focal_weight))
+    ema = train.ema_momentum
+    rate: Any = float(train.learning_rate)
+    if train.lr_schedule == "cosine":
+        steps = int(train.epochs) * steps_per_epoch
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, steps, alpha=COSINE_FLOOR)
     optimizer = tf.keras.optimizers.Adam(
         rate,
         use_ema=ema is not None,
+        # with EMA off Keras ignores the momentum; 0.99 is only Keras' own default passed along
         ema_momentum=float(ema or 0.99),
         # the averaged weights replace the raw ones at every epoch's end, so validation, the
         # checkpoint and the next epoch all see them
@@ -172,34 +157,33 @@ def mean_history(histories: list[dict[str, list[float]]]) -> dict[str, list[floa
     return {k: np.mean([h[k] for h in histories], axis=0).tolist() for k in histories[0]}
 
 
-MODEL_FILE = "model.h5"  # weights only, HDF5: the architecture comes from build_unet
 SHA256_HEX = 64  # characters of a hex SHA-256 digest
 NO_PATIENT = 1 << 16  # io.hdf5.check_h5_links' patient_part: no weight name names a patient
 
 
-def save_unet(model: tf.keras.Model, path: Path, backbone: str) -> dict[str, Any]:
-    """Write the weights only (HDF5) and return the `model` section of preprocessing.json that
+def save_unet(model: tf.keras.Model, path: Path, backbone: str) -> ModelSection:
+    """Write the weights only (HDF5) and return the model section of the stored config that
     load_unet rebuilds the architecture from: backbone, channels, members and the file's hash."""
     members = [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
     model.save_weights(str(path), save_format="h5")
-    return {
-        "backbone": backbone,
-        "channels": int(model.input_shape[-1]),
-        "members": max(1, len(members)),
-        "weights_sha256": file_sha256(path),
-    }
+    return ModelSection(
+        backbone=backbone,
+        channels=int(model.input_shape[-1]),
+        members=max(1, len(members)),
+        weights_sha256=file_sha256(path),
+    )
 
 
-def check_model_section(where: Path, section: dict[str, Any] | None) -> dict[str, Any]:
-    """The stored `model` section, present and naming a known backbone and a SHA-256 (the
+def check_model_section(where: Path, section: ModelSection | None) -> ModelSection:
+    """The stored model section, present and naming a known backbone and a SHA-256 (the
     MODEL_CONFIG schema has checked its keys, types and limits)."""
     if section is None:
         raise SarcomaSegError(
             f"{where}: no model section, so {MODEL_FILE} is an old whole-model file that "
             "loading would execute; retrain it"
         )
-    choice(f"{where}: model.backbone", section["backbone"], backbones())
-    sha = section["weights_sha256"]
+    choice(f"{where}: model.backbone", section.backbone, backbones())
+    sha = section.weights_sha256
     if len(sha) != SHA256_HEX or any(c not in "0123456789abcdef" for c in sha):
         raise SarcomaSegError(f"{where}: model.weights_sha256={sha!r} is not a SHA-256 hex digest")
     return section
@@ -283,25 +267,23 @@ def check_weights_file(path: Path, model: tf.keras.Model) -> None:
         raise SarcomaSegError(problem)
 
 
-def rebuild_unet(section: dict[str, Any]) -> tf.keras.Model:
+def rebuild_unet(section: ModelSection) -> tf.keras.Model:
     """The architecture of a model section, from our own code (no stored code runs)."""
-    channels = section["channels"]
-    members = [build_unet(section["backbone"], None, channels) for _ in range(section["members"])]
-    return average_members(members, channels)
+    members = [build_unet(section.backbone, None, section.channels) for _ in range(section.members)]
+    return average_members(members, section.channels)
 
 
 def load_unet(folder: Path, config: Path | None = None) -> tf.keras.Model:
-    """A saved U-Net for inference: the architecture rebuilt from the model section of
-    preprocessing.json (or `config`), the weights file checked (hash, links, every dataset's
-    shape and type) before Keras reads it. Nothing stored in the folder is executed."""
-    from sarcoma_seg.inference import CONFIG_NAME, read_config
-
+    """A saved U-Net for inference: the architecture rebuilt from the model section of the
+    folder's stored config (model_config.json, an older model's preprocessing.json, or
+    `config`), the weights file checked (hash, links, every dataset's shape and type) before
+    Keras reads it. Nothing stored in the folder is executed."""
     folder = Path(folder)
-    path, config = folder / MODEL_FILE, Path(config or folder / CONFIG_NAME)
-    section = check_model_section(config, read_config(config).get("model"))
+    path, config = folder / MODEL_FILE, Path(config or model_config_path(folder))
+    section = check_model_section(config, read_model_config(config).model)
     if not path.is_file():
         raise SarcomaSegError(f"{path}: model file not found; run the train stage first")
-    if file_sha256(path) != section["weights_sha256"]:
+    if file_sha256(path) != section.weights_sha256:
         raise SarcomaSegError(
             f"{path}: SHA-256 differs from weights_sha256 in {config}; the file was changed "
             "or damaged since training"

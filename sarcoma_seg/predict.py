@@ -10,7 +10,9 @@ import argparse
 import json
 import shutil
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +20,38 @@ import numpy as np
 
 from sarcoma_seg.config import MAX_BATCH_SIZE
 from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+from sarcoma_seg.inference import (
+    CONFIG_NAME,
+    MODEL_CONFIG_NAME,
+    MODEL_FILE,
+    Predictor,
+    inference_batch_size,
+    model_config_path,
+    read_model_config,
+    require_inference,
+    segment_images,
+    traced_predictor,
+)
 from sarcoma_seg.lesions import components
-from sarcoma_seg.scans import Scan, read_scan, scan_stem
+from sarcoma_seg.scans import Scan, read_scan, reader_name, scan_stem
+from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-# where a pyfunc's model.h5 and preprocessing.json lie below a URI: a model's own artifacts, a
-# run's "model" folder, or the URI itself
+# where a pyfunc's model.h5 and model_config.json (older models: preprocessing.json) lie below a
+# URI: a model's own artifacts, a run's "model" folder, or the URI itself
 MLFLOW_MODEL_DIRS = ("artifacts", "model/artifacts", "")
 MONTAGE_SLICES = 12  # tumour slices shown in the overlay, evenly spread over the slice range
 
 
 def fetch_model_files(uri: str, scratch: Path) -> Path:
-    """Download only model.h5 and preprocessing.json of an MLflow model into scratch: never the
-    pickled pyfunc wrapper or its bundled code, which mlflow.pyfunc.load_model would execute."""
+    """Download only model.h5 and the stored config (model_config.json, or an older model's
+    preprocessing.json) of an MLflow model into scratch: never the pickled pyfunc wrapper or its
+    bundled code, which mlflow.pyfunc.load_model would execute."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from sarcoma_seg.model import MODEL_FILE
     from sarcoma_seg.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -46,20 +60,30 @@ def fetch_model_files(uri: str, scratch: Path) -> Path:
         repo = get_artifact_repository(uri)
         for prefix in MLFLOW_MODEL_DIRS:
             names = {Path(item.path).name for item in repo.list_artifacts(prefix or None)}
-            if {MODEL_FILE, CONFIG_NAME} <= names:
+            config = stored_config_name(names)
+            if MODEL_FILE in names and config is not None:
                 local = [
                     Path(repo.download_artifacts(f"{prefix}/{name}".lstrip("/"), str(scratch)))
-                    for name in (MODEL_FILE, CONFIG_NAME)
+                    for name in (MODEL_FILE, config)
                 ]
                 return local[0].parent  # where the repository put them, both in one folder
     except (MlflowException, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
-    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {CONFIG_NAME}")
+    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {MODEL_CONFIG_NAME}")
+
+
+def stored_config_name(names: set[str]) -> str | None:
+    """The stored config among a model's file names: model_config.json, else an older model's
+    preprocessing.json, else None."""
+    for name in (MODEL_CONFIG_NAME, CONFIG_NAME):
+        if name in names:
+            return name
+    return None
 
 
 def model_folder(uri: str, scratch: Path) -> Path:
-    """A local folder holding model.h5 and preprocessing.json, from a path or an MLflow URI
+    """A local folder holding model.h5 and its stored config, from a path or an MLflow URI
     (a registry version through the local cache, sarcoma_seg.model_cache)."""
     if uri.startswith(MLFLOW_SCHEMES):
         from sarcoma_seg.model_cache import cached_model
@@ -70,12 +94,10 @@ def model_folder(uri: str, scratch: Path) -> Path:
     local = Path(uri)
     if not local.exists():
         raise SarcomaSegError(f"model {uri}: no such folder, and not a runs:/ or models:/ URI")
-    from sarcoma_seg.model import MODEL_FILE  # TensorFlow: only once the folder exists
-
     for folder in (local, *(local / d for d in MLFLOW_MODEL_DIRS if d)):
-        if (folder / MODEL_FILE).is_file() and (folder / CONFIG_NAME).is_file():
+        if (folder / MODEL_FILE).is_file() and model_config_path(folder).is_file():
             return folder
-    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {CONFIG_NAME}")
+    raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {MODEL_CONFIG_NAME}")
 
 
 def lesion_summary(mask: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, Any]:
@@ -109,29 +131,95 @@ def check_compatible(scan: Scan, pre: Preprocessing) -> None:
         raise SarcomaSegError(f"{scan.name}: this model reads PET as well as CT; give --pet")
 
 
-def predict_scan(
-    model_uri: str, scan: Scan, out: Path, batch_size: int | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """Segment one scan and write mask, overlay and summary into out (all or nothing)."""
+class ModelLoader(threading.Thread):
+    """The U-Net of a model folder, loaded and its forward pass traced in a thread of its own
+    while the main thread reads the scan: importing TensorFlow and building the model run Python
+    code (they hold the GIL), reading a gzip NIfTI and preparing its slices mostly do not (zlib,
+    NumPy and OpenCV release it), so the two overlap on two cores."""
+
+    def __init__(self, folder: Path, batch_shape: tuple[int, int, int, int]) -> None:
+        # not a daemon: an early exit (bad input) waits for it rather than tearing TensorFlow
+        # down in the middle of its import
+        super().__init__(name="predict-model-loader")
+        self.folder, self.batch_shape = folder, batch_shape
+        self.cancelled = threading.Event()  # set when the command fails: skip what is left
+        self.loaded: tuple[Any, Predictor] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Import TensorFlow, load the U-Net (model.load_unet's checks) and trace it."""
+        try:
+            from sarcoma_seg.model import load_unet  # TensorFlow and segmentation-models
+
+            model = None if self.cancelled.is_set() else load_unet(self.folder)
+            if model is not None and not self.cancelled.is_set():
+                self.loaded = (model, traced_predictor(model, self.batch_shape))
+        except BaseException as exc:  # handed over to the main thread by result()
+            self.error = exc
+
+    def result(self) -> tuple[Any, Predictor]:
+        """(model, predictor) once loaded; what loading raised is raised here."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        if self.loaded is None:
+            raise SarcomaSegError(f"model {self.folder}: loading was cancelled")
+        return self.loaded
+
+
+@dataclass
+class OpenModel:
+    """A model whose settings are read and whose U-Net is loading (ModelLoader)."""
+
+    uri: str
+    pre: Preprocessing
+    inference: Inference
+    batch_size: int  # slices per model call
+    loader: ModelLoader
+    started: float  # time.perf_counter() when loading began
+
+    def cancel(self) -> None:
+        """The command failed: let the loader stop after its current step."""
+        self.loader.cancelled.set()
+
+
+def open_model(model_uri: str, scratch: Path, batch_size: int | None) -> OpenModel:
+    """Read a model's settings (its folder fetched first for an MLflow URI; no TensorFlow) and
+    start loading its U-Net in the background."""
+    started = time.perf_counter()
+    folder = model_folder(model_uri, scratch)
+    where = model_config_path(folder)
+    stored = read_model_config(where)
+    pre, inference = stored.preprocessing, require_inference(where, stored)
+    size = batch_size or inference_batch_size(pre.image_size)
+    loader = ModelLoader(folder, (size, pre.image_size, pre.image_size, pre.input_channels))
+    loader.start()
+    return OpenModel(model_uri, pre, inference, size, loader, started)
+
+
+def segment(model: OpenModel, scan: Scan, progress: bool) -> np.ndarray:
+    """The scan's mask, once the model is loaded (the steps and batches of
+    inference.segment_volume, so the same mask as evaluate's)."""
     from tqdm import tqdm
 
+    check_compatible(scan, model.pre)
+    unet, predictor = model.loader.result()
+    # after the model, not beside its loading: preparing takes and drops the GIL ~5 times a
+    # slice, and each time waits for the loading thread to let go of it (up to 5 ms)
+    images = model.pre.volume(scan.ct, scan.pet)
+    shape = scan.ct.shape[1:]
+    with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
+        return segment_images(
+            unet, model.pre, images, shape, model.inference, model.batch_size, bar.update, predictor
+        )
+
+
+def write_outputs(
+    scan: Scan, mask: np.ndarray, pre: Preprocessing, summary: dict[str, Any], out: Path
+) -> None:
+    """Mask, overlay and summary into out, all or nothing."""
     from sarcoma_seg.plots import overlay_montage
 
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
-        folder = model_folder(model_uri, Path(scratch))
-        pre, inference = load_config(folder / CONFIG_NAME)
-        if inference is None:
-            raise SarcomaSegError(f"model {model_uri}: {CONFIG_NAME} has no inference section")
-        check_compatible(scan, pre)
-        from sarcoma_seg.model import load_unet  # TensorFlow: only once the input is good
-
-        model = load_unet(folder)
-    with tqdm(total=len(scan.ct), unit="slice", desc="segmenting", disable=not progress) as bar:
-        mask = segment_volume(model, pre, scan.ct, inference, scan.pet, batch_size, bar.update)
-    summary = {"input": scan.name, "model": model_uri, "shape": list(scan.ct.shape)}
-    summary |= {"spacing_mm": list(scan.spacing), **lesion_summary(mask, scan.spacing)}
-    summary["seconds"] = round(time.perf_counter() - start, 3)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # everything is written beside out first, then moved in: no half-written results
@@ -149,7 +237,29 @@ def predict_scan(
             item.replace(out / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def predict_opened(model: OpenModel, scan: Scan, out: Path, progress: bool) -> dict[str, Any]:
+    """Segment one scan with an opened model and write mask, overlay and summary into out."""
+    try:
+        mask = segment(model, scan, progress)
+    except BaseException:
+        model.cancel()
+        raise
+    summary = {"input": scan.name, "model": model.uri, "shape": list(scan.ct.shape)}
+    summary |= {"spacing_mm": list(scan.spacing), **lesion_summary(mask, scan.spacing)}
+    summary["seconds"] = round(time.perf_counter() - model.started, 3)
+    write_outputs(scan, mask, model.pre, summary, out)
     return summary
+
+
+def predict_scan(
+    model_uri: str, scan: Scan, out: Path, batch_size: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Segment one scan and write mask, overlay and summary into out (all or nothing)."""
+    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
+        model = open_model(model_uri, Path(scratch), batch_size)
+        return predict_opened(model, scan, out, progress)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -186,12 +296,24 @@ def check_batch_size(batch_size: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Check the arguments, segment the scan and print the summary, the only line on stdout."""
+    """Check the arguments, start loading the model, read the scan meanwhile, segment it and
+    print the summary, the only line on stdout."""
     check_batch_size(args.batch_size)
     out = args.out or Path("predictions") / scan_stem(args.input, args.patient)
     check_out(out)
-    scan = read_scan(args.input, args.patient, args.pet)
-    summary = predict_scan(args.model, scan, out, args.batch_size, not args.no_progress)
+    reader_name(args.input)  # a missing or unknown input: refused before anything slow starts
+    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
+        try:
+            model = open_model(args.model, Path(scratch), args.batch_size)
+        except SarcomaSegError:
+            read_scan(args.input, args.patient, args.pet)  # a bad input is named first, as ever
+            raise
+        try:
+            scan = read_scan(args.input, args.patient, args.pet)
+        except BaseException:
+            model.cancel()
+            raise
+        summary = predict_opened(model, scan, out, not args.no_progress)
     print(json.dumps(summary))
 
 

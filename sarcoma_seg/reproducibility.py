@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sarcoma_seg.params import load_params
+from sarcoma_seg.settings import load_settings
 
 METRIC_FILES = ("evaluate.json", "train.json")
 # Absolute tolerance by metric family. Across machines the phantom test Dice moved by 0.017,
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="rerun metrics against the committed ones")
     parser.add_argument("--against", default="HEAD", help="the commit holding the expected metrics")
     args = parser.parse_args(argv)
-    folder = load_params()["paths"]["metrics"]
+    folder = str(load_settings().paths.metrics)
     committed = committed_metrics(args.against, folder)
     if not committed:
         print(f"error: no metrics committed at {args.against}:{folder}", file=sys.stderr)

@@ -9,22 +9,31 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.inference import CONFIG_NAME, load_config, save_config, segment_volume
+from sarcoma_seg.inference import (
+    MODEL_CONFIG_NAME,
+    MODEL_FILE,
+    read_model_config,
+    require_inference,
+    segment_volume,
+)
 from sarcoma_seg.transforms import Preprocessing
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_ARTIFACT = "model_config"  # the pyfunc's artifact key of model_config.json
+OLDER_CONFIG_ARTIFACT = "preprocessing"  # what models logged before model_config.json used
 
 
 class UnetSegmenter(mlflow.pyfunc.PythonModel):
     """Wraps the Keras U-Net with the exact preprocessing it was trained with."""
 
     def load_context(self, context: Any) -> None:
-        """The preprocessing config, and the U-Net rebuilt from our code with only its weights
-        read from the artifact (checked first: model.load_unet)."""
+        """The stored config, and the U-Net rebuilt from our code with only its weights read
+        from the artifact (checked first: model.load_unet)."""
         from sarcoma_seg.model import load_unet
 
-        config = Path(context.artifacts["preprocessing"])
-        self.pre, self.inference = load_config(config)
+        config = Path(context.artifacts[config_artifact(context.artifacts)])
+        stored = read_model_config(config)
+        self.pre, self.inference = stored.preprocessing, require_inference(config, stored)
         self.model = load_unet(Path(context.artifacts["keras_model"]).parent, config)
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
@@ -42,6 +51,11 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
             hu, pet = hu[None], None if pet is None else pet[None]
         masks = segment_volume(self.model, self.pre, hu, self.inference, pet)
         return masks[0] if single else masks
+
+
+def config_artifact(artifacts: dict[str, str]) -> str:
+    """The artifact key of the stored config: model_config, or an older model's preprocessing."""
+    return CONFIG_ARTIFACT if CONFIG_ARTIFACT in artifacts else OLDER_CONFIG_ARTIFACT
 
 
 def check_finite(hu: np.ndarray, pet: np.ndarray | None) -> None:
@@ -67,23 +81,17 @@ def signature_and_example(pre: Preprocessing) -> tuple[ModelSignature, Any]:
     return ModelSignature(inputs=named, outputs=masks), {"ct": ct, "pet": pet}
 
 
-def log_pyfunc(
-    keras_path: Path,
-    pre: Preprocessing,
-    inference: dict,
-    work_dir: Path,
-    registered_model: str | None = None,
-    model: dict | None = None,
-) -> Any:
-    """Log the U-Net as a pyfunc that loads without segmentation-models' loss objects, with its
-    signature and an input example, and register it under registered_model."""
-    config_path = Path(work_dir) / CONFIG_NAME
-    save_config(config_path, pre, inference, model)
-    signature, example = signature_and_example(pre)
+def log_pyfunc(folder: Path, registered_model: str | None = None) -> Any:
+    """Log the model folder the train stage wrote (its weights and model_config.json, as they
+    are) as a pyfunc that loads without segmentation-models' loss objects, with its signature
+    and an input example, and register it under registered_model."""
+    folder = Path(folder)
+    config_path = folder / MODEL_CONFIG_NAME
+    signature, example = signature_and_example(read_model_config(config_path).preprocessing)
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=UnetSegmenter(),
-        artifacts={"keras_model": str(keras_path), "preprocessing": str(config_path)},
+        artifacts={"keras_model": str(folder / MODEL_FILE), CONFIG_ARTIFACT: str(config_path)},
         code_paths=[str(PACKAGE_DIR)],
         # explicit requirements: MLflow's inference would load the model in a subprocess
         pip_requirements=_requirements(),

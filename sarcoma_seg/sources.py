@@ -4,6 +4,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.io import dicom, nifti, png
 from sarcoma_seg.io.hdf5 import find_kaggle_h5, read_kaggle_h5
+from sarcoma_seg.settings import Data
 from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.volumes import (
     STORE,
@@ -26,33 +28,29 @@ MANIFEST_NAME = "manifest.json"
 SOURCE_DIR = "source"  # downloaded or generated raw files keep their own layout here
 
 Loaded = tuple[list[Volume], Path, list[Path]]  # volumes, input root, the input files
-Source = Callable[[Path, dict, int], Loaded]
+Source = Callable[[Path, Data, int], Loaded]
 
 
-def load_synthetic(staging: Path, data_params: dict, seed: int) -> Loaded:
+def load_synthetic(staging: Path, data: Data, seed: int) -> Loaded:
     """SOURCES entry: write seeded phantom patients in the Kaggle file schema, then read them."""
-    synthetic = data_params.get("synthetic")
-    if not isinstance(synthetic, dict):
-        raise SarcomaSegError("data.synthetic must be a mapping with n_patients and shape")
     root = staging / SOURCE_DIR
-    files = phantom.write_phantom_set(
-        root, synthetic.get("n_patients"), synthetic.get("shape"), seed
-    )
+    synthetic = data.synthetic
+    files = phantom.write_phantom_set(root, synthetic.n_patients, synthetic.shape, seed)
     return read_kaggle_h5(find_kaggle_h5(root)), root, files
 
 
-def load_kaggle(staging: Path, data_params: dict, seed: int) -> Loaded:
+def load_kaggle(staging: Path, data: Data, seed: int) -> Loaded:
     """SOURCES entry: download the Kaggle data set and read its HDF5 file."""
     root = staging / SOURCE_DIR
-    files = kaggle_source.fetch_kaggle(root, data_params, seed)
+    files = kaggle_source.fetch_kaggle(root, data.kaggle_dataset)
     return read_kaggle_h5(find_kaggle_h5(root)), root, files
 
 
-def local_path(data_params: dict, kind: str) -> Path:
+def local_path(data: Data, kind: str) -> Path:
     """data.path for a local source, checked to exist as the kind of thing the source reads."""
-    raw = data_params.get("path")
+    raw = data.path
     if not raw:
-        raise SarcomaSegError(f"data.path is required for data.source={data_params['source']!r}")
+        raise SarcomaSegError(f"data.path is required for data.source={data.source!r}")
     path = Path(str(raw)).expanduser()
     ok = path.is_file() if kind == "file" else path.is_dir()
     if not ok:
@@ -60,28 +58,28 @@ def local_path(data_params: dict, kind: str) -> Path:
     return path
 
 
-def load_hdf5(staging: Path, data_params: dict, seed: int) -> Loaded:
+def load_hdf5(staging: Path, data: Data, seed: int) -> Loaded:
     """SOURCES entry: a local file in the Kaggle schema, downloaded by hand."""
-    path = local_path(data_params, "file")
+    path = local_path(data, "file")
     return read_kaggle_h5(path), path.parent, [path]
 
 
-def load_nifti(staging: Path, data_params: dict, seed: int) -> Loaded:
+def load_nifti(staging: Path, data: Data, seed: int) -> Loaded:
     """SOURCES entry: a folder of NIfTI volumes (per-patient folders or nnU-Net / MSD layout)."""
-    path = local_path(data_params, "folder")
+    path = local_path(data, "folder")
     return nifti.read_nifti(path), path, nifti.nifti_inputs(path)
 
 
-def load_slices(staging: Path, data_params: dict, seed: int) -> Loaded:
+def load_slices(staging: Path, data: Data, seed: int) -> Loaded:
     """SOURCES entry: folders of exported PNG image / mask slices, pooled and grouped by patient."""
-    path = local_path(data_params, "folder")
+    path = local_path(data, "folder")
     return png.read_slices(path), path, png.slice_inputs(path)
 
 
-def load_dicom(staging: Path, data_params: dict, seed: int) -> Loaded:
+def load_dicom(staging: Path, data: Data, seed: int) -> Loaded:
     """SOURCES entry: a folder of DICOM CT series + RTSTRUCT (+ PET), in any layout."""
-    path = local_path(data_params, "folder")
-    volumes, files = dicom.read_dicom(path, str(data_params.get("roi") or ""))
+    path = local_path(data, "folder")
+    volumes, files = dicom.read_dicom(path, data.roi)
     return volumes, path, files
 
 
@@ -100,15 +98,15 @@ def check_spacing(spacing: object) -> tuple[float, float, float] | None:
     return config.check_spacing(spacing)
 
 
-def describe(source: str, data_params: dict, seed: int) -> tuple[str, Any]:
+def describe(source: str, data: Data, seed: int) -> tuple[str, Any]:
     """The (dataset id, version) recorded in the manifest for a source."""
     if source == "synthetic":
-        synthetic = data_params.get("synthetic") or {}
-        generator = {"n_patients": synthetic.get("n_patients"), "shape": synthetic.get("shape")}
+        shape = list(data.synthetic.shape)  # as params.yaml writes it: the manifest is JSON
+        generator = {"n_patients": data.synthetic.n_patients, "shape": shape}
         version = {"sarcoma_seg": __version__, "generator": generator, "seed": seed}
         return "synthetic-phantom", version
     if source == "kaggle":
-        dataset = str(data_params.get("kaggle_dataset"))
+        dataset = str(data.kaggle_dataset)
         return dataset, kaggle_source.dataset_version(dataset)
     return source, "unversioned"  # sources without a version of their own rely on the digest
 
@@ -136,7 +134,7 @@ def files_digest(entries: list[dict[str, Any]]) -> str:
 
 def build_manifest(
     source: str,
-    data_params: dict,
+    data: Data,
     seed: int,
     loaded: Loaded,
     spacing: tuple | None,
@@ -147,7 +145,7 @@ def build_manifest(
 
     It holds no absolute paths, times or credentials."""
     volumes, root, files = loaded
-    dataset, version = describe(source, data_params, seed)
+    dataset, version = describe(source, data, seed)
     entries = file_entries(root, files)
     if not entries:
         raise SarcomaSegError(f"data.source={source!r} produced no files")
@@ -173,23 +171,20 @@ def build_manifest(
     }
 
 
-def source_entries(data_params: dict) -> list[dict]:
+def source_entries(data: Data) -> list[Data]:
     """The data sections of each source to read: data.sources entries (each a copy of data with
     its own source and path), or data itself when data.sources is null."""
-    entries = data_params.get("sources")
-    if not entries:
-        return [data_params]
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise SarcomaSegError("data.sources must be a list of {source, path} mappings")
-    return [{**data_params, "source": e.get("source"), "path": e.get("path")} for e in entries]
+    if not data.sources:
+        return [data]
+    return [replace(data, source=e.source, path=e.path, sources=None) for e in data.sources]
 
 
-def _label(index: int, entry: dict) -> str:
+def _label(index: int, entry: Data) -> str:
     """How an error names one entry of data.sources."""
-    return f"data.sources[{index}] ({entry['source']} {entry.get('path') or ''})".replace(" )", ")")
+    return f"data.sources[{index}] ({entry.source} {entry.path or ''})".replace(" )", ")")
 
 
-def refuse_shared_patients(parts: list[tuple[dict, Loaded]]) -> None:
+def refuse_shared_patients(parts: list[tuple[Data, Loaded]]) -> None:
     """A patient id read from two sources is refused, naming both."""
     seen: dict[str, str] = {}
     for index, (entry, (volumes, _, _)) in enumerate(parts):
@@ -229,19 +224,19 @@ def merge_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def source_names(entries: list[dict]) -> list[str]:
+def source_names(entries: list[Data]) -> list[str]:
     """Each entry's source, checked against the registry."""
     return [
         choice(
             "data.source" if len(entries) == 1 else f"data.sources[{index}].source",
-            entry.get("source"),
+            entry.source,
             SOURCES,
         )
         for index, entry in enumerate(entries)
     ]
 
 
-def _read_sources(entries: list[dict], seed: int, tmp: Path) -> list[tuple[dict, Loaded]]:
+def _read_sources(entries: list[Data], seed: int, tmp: Path) -> list[tuple[Data, Loaded]]:
     """Every source read and validated; several get a staging folder each (<index>-<source>)."""
     parts = []
     for index, (entry, name) in enumerate(zip(entries, source_names(entries))):
@@ -255,14 +250,12 @@ def _read_sources(entries: list[dict], seed: int, tmp: Path) -> list[tuple[dict,
     return parts
 
 
-def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
+def fetch(data: Data, seed: int, out_dir: Path) -> dict[str, Any]:
     """Fetch data.source (or every entry of data.sources, merged) into out_dir with a
     manifest.json, replacing out_dir only on success."""
-    if not isinstance(data_params, dict):
-        raise SarcomaSegError("params.yaml: section data must be a mapping")
-    entries = source_entries(data_params)
+    entries = source_entries(data)
     source_names(entries)  # before anything is created
-    spacing = check_spacing(data_params.get("spacing"))
+    spacing = check_spacing(data.spacing)
     with staged_dir(Path(out_dir)) as tmp:  # out_dir replaced only when all is written
         parts = _read_sources(entries, seed, tmp)
         volumes = [v for _, loaded in parts for v in loaded[0]]
@@ -270,7 +263,7 @@ def fetch(data_params: dict, seed: int, out_dir: Path) -> dict[str, Any]:
         manifests = []
         for entry, loaded in parts:
             found = [w for v in loaded[0] for w in suspect_warnings(v)]
-            manifests.append(build_manifest(entry["source"], entry, seed, loaded, spacing, found))
+            manifests.append(build_manifest(entry.source, entry, seed, loaded, spacing, found))
         manifest = manifests[0] if len(manifests) == 1 else merge_manifests(manifests)
         warnings = manifest["warnings"]
         if spacing:

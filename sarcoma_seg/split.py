@@ -1,23 +1,26 @@
 """Patient-level train / val / test split: patients, never slices, are assigned to a set."""
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.params import check_positive_int
+from sarcoma_seg.settings import Split
 
 SETS = ("train", "val", "test")
 
 
 def split_patients(
-    patient_ids: list[str], counts: dict[str, int | None], seed: int
+    patient_ids: list[str], counts: Mapping[str, int | None], seed: int
 ) -> dict[str, list[str]]:
     """Shuffle patients with seed and deal them out; train takes the rest when its count is null."""
     ids = sorted(set(patient_ids))
     if len(ids) != len(patient_ids):
         raise SarcomaSegError("split: duplicate patient ids in the input")
-    val = check_positive_int("split.val", counts.get("val"), 0)  # 0: no validation (monitor last)
-    test = check_positive_int("split.test", counts.get("test"))
-    train = counts.get("train")
+    val = check_positive_int("split.val", counts["val"], 0)  # 0: no validation (monitor last)
+    test = check_positive_int("split.test", counts["test"])
+    train = counts["train"]
     train = len(ids) - val - test if train is None else check_positive_int("split.train", train)
     if train < 1 or train + val + test > len(ids):
         raise SarcomaSegError(
@@ -60,8 +63,9 @@ def kfold_patients(
     }
 
 
-def make_split(patient_ids: list[str], split: dict, seed: int) -> dict[str, list[str]]:
+def make_split(patient_ids: list[str], split: Split, seed: int) -> dict[str, list[str]]:
     """k-fold when split.folds is set, else the plain train / val / test counts."""
-    if split.get("folds") is None:
-        return split_patients(patient_ids, split, seed)
-    return kfold_patients(patient_ids, split["folds"], split.get("fold", 0), split.get("val"), seed)
+    if split.folds is None:
+        counts = {"train": split.train, "val": split.val, "test": split.test}
+        return split_patients(patient_ids, counts, seed)
+    return kfold_patients(patient_ids, split.folds, split.fold, split.val, seed)

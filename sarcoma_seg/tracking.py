@@ -118,20 +118,20 @@ def experiment_name() -> str:
     return os.environ.get("DVC_EXP_NAME") or "workspace"
 
 
-def run_identity(params: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """A run name and the tags that tell runs apart in the MLflow UI's compare view."""
+def run_identity(source: str, backbone: str) -> tuple[str, dict[str, str]]:
+    """A run name and the tags that tell runs apart in the MLflow UI's compare view, from
+    data.source and train.backbone."""
     root = Path.cwd()  # the workspace DVC runs the stage in (a temp copy for queued experiments)
-    data, train = params["data"], params["train"]
     commit = git_commit(root)
     tags = {
         "git.commit": commit,
         "mlflow.source.git.commit": commit,  # MLflow's own column in the runs table
         "dvc.experiment": experiment_name(),
         "dvc.lock.sha256": file_sha256(root / "dvc.lock"),  # upstream stages as train began
-        "data.source": data["source"],
-        "model.backbone": train["backbone"],
+        "data.source": source,
+        "model.backbone": backbone,
     }
-    return f"{experiment_name()}-{data['source']}-{train['backbone']}", tags
+    return f"{experiment_name()}-{source}-{backbone}", tags
 
 
 def log_params(params: dict[str, Any]) -> None:

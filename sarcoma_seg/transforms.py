@@ -1,17 +1,21 @@
 """Deterministic preprocessing, declared once and reused by preprocess, train, evaluate and predict,
 and the random albumentations augmentation that only training uses."""
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import cv2
 import numpy as np
 
 from sarcoma_seg import config
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.params import check_image_size, check_positive_int
+from sarcoma_seg.settings import Preprocess
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 
 def through_window(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -107,14 +111,13 @@ class Preprocessing:
 WINDOW_PARAMS = {"HU": "hu_window", "png8": "png8_window"}  # which window fits which units
 
 
-def preprocessing_from_params(
-    base: dict[str, Any], pre: dict[str, Any], units: str = "HU"
-) -> Preprocessing:
-    """Build and validate the Preprocessing from the base and preprocess params sections."""
+def preprocessing_from(image_size: int, pre: Preprocess, units: str = "HU") -> Preprocessing:
+    """Build and validate the Preprocessing from base.image_size and the preprocess section,
+    for CT in `units` (HU, or png8 for 8-bit exported slices: their own window)."""
     name = WINDOW_PARAMS[units]
-    window = pre.get(name, [0, 255] if units == "png8" else None)
-    channels = check_positive_int("preprocess.channels", pre.get("channels"))
-    context = check_positive_int("preprocess.context_slices", pre.get("context_slices", 0), 0)
+    window = getattr(pre, name)
+    channels = check_positive_int("preprocess.channels", pre.channels)
+    context = check_positive_int("preprocess.context_slices", pre.context_slices, 0)
     if context and channels != 2 * context + 1:
         raise SarcomaSegError(
             f"preprocess.channels={channels} does not fit preprocess.context_slices={context}; "
@@ -122,12 +125,12 @@ def preprocessing_from_params(
         )
     if not context and channels not in (1, 3):
         raise SarcomaSegError(f"preprocess.channels={channels} is not allowed; choose 1 or 3")
-    size = check_image_size(base.get("image_size"))
-    pet = pre.get("pet_window")
+    size = check_image_size(image_size)
+    pet = pre.pet_window
     if pet is not None:
         pet = check_window("preprocess.pet_window", pet)
     window = check_window(f"preprocess.{name}", window)
-    windows = check_hu_windows(pre.get("hu_windows"), channels, context, units)
+    windows = check_hu_windows(pre.hu_windows, channels, context, units)
     return Preprocessing(window, size, channels, context, pet, units, windows)
 
 
@@ -155,73 +158,95 @@ def check_window(name: str, window: Any) -> tuple[float, float]:
     return config.check_window(name, window)
 
 
-def _blur_sharpen(cfg: dict[str, Any]) -> A.BasicTransform:
+def _blur_sharpen(cfg: dict[str, Any]) -> "A.BasicTransform":
     """One of blur or sharpen, as the original study's OneOf block."""
+    A = _albumentations()  # noqa: N806  (albumentations' own alias)
     return A.OneOf([A.Blur(blur_limit=tuple(cfg["blur_limit"])), A.Sharpen()], p=cfg["p"])
 
 
-def _crop(size: int) -> Callable[[dict[str, Any]], A.BasicTransform]:
+def _crop(size: int) -> Callable[[dict[str, Any]], "A.BasicTransform"]:
     """A random crop of at least min_fraction of the side, resized back to the model size."""
+    A = _albumentations()  # noqa: N806  (albumentations' own alias)
     return lambda cfg: A.RandomResizedCrop(
         size=(size, size), scale=(cfg["min_fraction"] ** 2, 1.0), ratio=(0.9, 1.1), p=cfg["p"]
     )
 
 
-class PetUptake(A.ImageOnlyTransform):
-    """Scale the PET channel (the last) by a random factor, or zero it: FDG uptake varies between
-    tumours, patients and scanners, and a model shown only bright tumours ignores the CT and
-    misses the faint ones. Only for models that read PET. It scales the windowed channel, so an
-    uptake above the window's top (already 1.0) comes out at the factor itself: fainter than a
-    truly weaker uptake would, which widens the range the model sees."""
+@functools.cache
+def _albumentations() -> Any:
+    """albumentations, imported on first use: only training augments, and the import costs
+    predict (which imports this module for Preprocessing) ~0.4 s of CPU before any work."""
+    import albumentations
 
-    def __init__(self, scale: tuple[float, float], drop: float = 0.0, p: float = 0.5) -> None:
-        super().__init__(p=p)
-        if len(scale) != 2 or not 0 <= scale[0] <= scale[1] or not 0 <= drop <= 1:
-            raise ValueError("scale needs 0 <= low <= high and drop 0 <= d <= 1")
-        self.scale, self.drop = (float(scale[0]), float(scale[1])), float(drop)
-
-    def get_params(self) -> dict[str, float]:
-        """The factor of this call: 0 with probability drop, else uniform in scale."""
-        if self.py_random.random() < self.drop:
-            return {"factor": 0.0}
-        return {"factor": self.py_random.uniform(*self.scale)}
-
-    def apply(self, img: np.ndarray, factor: float = 1.0, **params: Any) -> np.ndarray:
-        """The image with its last channel scaled (and kept in [0, 1])."""
-        out = img.copy()
-        out[..., -1] = np.clip(out[..., -1] * factor, 0.0, 1.0)
-        return out
+    return albumentations
 
 
-class PetBlur(A.ImageOnlyTransform):
-    """Blur the PET channel (the last) with a Gaussian of random sigma, in model pixels: PET's
-    resolution (4-5 mm voxels, a wider point spread) varies by scanner and reconstruction, and
-    its hot spot spreads past the tumour's CT outline. A model shown blurred PET learns to take
-    the outline from the CT and the location from the PET."""
+@functools.cache
+def pet_transforms() -> tuple[type, type]:
+    """(PetUptake, PetBlur): the PET channel's augmentations, albumentations transforms defined
+    on first use (they subclass albumentations' ImageOnlyTransform)."""
+    A = _albumentations()  # noqa: N806  (albumentations' own alias)
 
-    def __init__(self, sigma: tuple[float, float], p: float = 0.5) -> None:
-        super().__init__(p=p)
-        if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
-            raise ValueError("sigma needs 0 < low <= high (model pixels)")
-        self.sigma = (float(sigma[0]), float(sigma[1]))
+    class PetUptake(A.ImageOnlyTransform):
+        """Scale the PET channel (the last) by a random factor, or zero it: FDG uptake varies
+        between tumours, patients and scanners, and a model shown only bright tumours ignores the
+        CT and misses the faint ones. Only for models that read PET. It scales the windowed
+        channel, so an uptake above the window's top (already 1.0) comes out at the factor
+        itself: fainter than a truly weaker uptake would, which widens the range the model sees."""
 
-    def get_params(self) -> dict[str, float]:
-        """The sigma of this call, uniform in the range."""
-        return {"sigma": self.py_random.uniform(*self.sigma)}
+        def __init__(self, scale: tuple[float, float], drop: float = 0.0, p: float = 0.5) -> None:
+            super().__init__(p=p)
+            if len(scale) != 2 or not 0 <= scale[0] <= scale[1] or not 0 <= drop <= 1:
+                raise ValueError("scale needs 0 <= low <= high and drop 0 <= d <= 1")
+            self.scale, self.drop = (float(scale[0]), float(scale[1])), float(drop)
 
-    def apply(self, img: np.ndarray, sigma: float = 1.0, **params: Any) -> np.ndarray:
-        """The image with its last channel blurred (edges reflected, so the mean is kept)."""
-        out = img.copy()
-        pet = np.ascontiguousarray(out[..., -1])
-        out[..., -1] = cv2.GaussianBlur(pet, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
-        return out
+        def get_params(self) -> dict[str, float]:
+            """The factor of this call: 0 with probability drop, else uniform in scale."""
+            if self.py_random.random() < self.drop:
+                return {"factor": 0.0}
+            return {"factor": self.py_random.uniform(*self.scale)}
+
+        def apply(self, img: np.ndarray, factor: float = 1.0, **params: Any) -> np.ndarray:
+            """The image with its last channel scaled (and kept in [0, 1])."""
+            out = img.copy()
+            out[..., -1] = np.clip(out[..., -1] * factor, 0.0, 1.0)
+            return out
+
+    class PetBlur(A.ImageOnlyTransform):
+        """Blur the PET channel (the last) with a Gaussian of random sigma, in model pixels: PET's
+        resolution (4-5 mm voxels, a wider point spread) varies by scanner and reconstruction, and
+        its hot spot spreads past the tumour's CT outline. A model shown blurred PET learns to take
+        the outline from the CT and the location from the PET."""
+
+        def __init__(self, sigma: tuple[float, float], p: float = 0.5) -> None:
+            super().__init__(p=p)
+            if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+                raise ValueError("sigma needs 0 < low <= high (model pixels)")
+            self.sigma = (float(sigma[0]), float(sigma[1]))
+
+        def get_params(self) -> dict[str, float]:
+            """The sigma of this call, uniform in the range."""
+            return {"sigma": self.py_random.uniform(*self.sigma)}
+
+        def apply(self, img: np.ndarray, sigma: float = 1.0, **params: Any) -> np.ndarray:
+            """The image with its last channel blurred (edges reflected, so the mean is kept)."""
+            out = img.copy()
+            pet = np.ascontiguousarray(out[..., -1])
+            out[..., -1] = cv2.GaussianBlur(
+                pet, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT
+            )
+            return out
+
+    return PetUptake, PetBlur
 
 
 PET_AUGMENTATIONS = ("pet_uptake", "pet_blur")  # act on the PET channel: skipped for CT-only models
 
 
-def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], A.BasicTransform]]:
+def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], "A.BasicTransform"]]:
     """Registry of switchable augmentations, each built from its params block."""
+    A = _albumentations()  # noqa: N806  (albumentations' own alias)
+    PetUptake, PetBlur = pet_transforms()  # noqa: N806  (classes)
     border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
     return {
         "horizontal_flip": lambda c: A.HorizontalFlip(p=c["p"]),
@@ -240,16 +265,17 @@ def _augmentations(size: int) -> dict[str, Callable[[dict[str, Any]], A.BasicTra
         "blur_sharpen": _blur_sharpen,
         "gauss_noise": lambda c: A.GaussNoise(std_range=tuple(c["std_range"]), p=c["p"]),
         "random_crop": _crop(size),
-        "pet_uptake": lambda c: PetUptake(tuple(c["scale"]), c.get("drop", 0.0), p=c["p"]),
+        "pet_uptake": lambda c: PetUptake(tuple(c["scale"]), c["drop"], p=c["p"]),
         "pet_blur": lambda c: PetBlur(tuple(c["sigma"]), p=c["p"]),
     }
 
 
 def build_augmentation(
-    augment: dict[str, Any], image_size: int, seed: int, pet: bool = False
-) -> A.Compose:
-    """A seeded albumentations pipeline of the enabled transforms, in the original study's order
-    (then the PET ones, if the model reads PET)."""
+    augment: Mapping[str, Mapping[str, Any]], image_size: int, seed: int, pet: bool = False
+) -> "A.Compose":
+    """A seeded albumentations pipeline of the enabled transforms of train.augment, in the
+    original study's order (then the PET ones, if the model reads PET); a block the mapping
+    lacks is not applied."""
     registry = _augmentations(image_size)
     unknown = sorted(set(augment) - set(registry))
     if unknown:
@@ -259,8 +285,10 @@ def build_augmentation(
         )
     transforms = []
     for name, build in registry.items():
-        cfg = augment.get(name) or {}
-        if not cfg.get("enabled", False) or (name in PET_AUGMENTATIONS and not pet):
+        if name not in augment:
+            continue
+        cfg = augment[name]
+        if not cfg["enabled"] or (name in PET_AUGMENTATIONS and not pet):
             continue
         try:
             transforms.append(build(cfg))
@@ -268,4 +296,4 @@ def build_augmentation(
             raise SarcomaSegError(
                 f"train.augment.{name}: invalid settings {cfg!r} ({exc})"
             ) from exc
-    return A.Compose(transforms, seed=seed)
+    return _albumentations().Compose(transforms, seed=seed)

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from sarcoma_seg import sources
-from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.params import load_params
+from sarcoma_seg.errors import run_cli
+from sarcoma_seg.settings import Data, load_settings
 
 
-def download(data_params: dict[str, Any], seed: int, out_dir: Path) -> dict[str, Any]:
+def download(data: Data, seed: int, out_dir: Path) -> dict[str, Any]:
     """Fetch the configured source into out_dir and return its manifest."""
-    return sources.fetch(data_params, seed, out_dir)
+    return sources.fetch(data, seed, out_dir)
 
 
 def summary(manifest: dict[str, Any]) -> str:
@@ -27,14 +27,8 @@ def summary(manifest: dict[str, Any]) -> str:
 
 def main() -> None:
     """Read params.yaml in the current directory and write the raw folder (paths.raw)."""
-    params = load_params()
-    data_params = params.get("data")
-    if not isinstance(data_params, dict):
-        raise SarcomaSegError("params.yaml: section data is missing or not a mapping")
-    seed = params.get("base", {}).get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise SarcomaSegError(f"params.yaml: base.seed={seed!r} must be an integer")
-    print(summary(download(data_params, seed, Path(params["paths"]["raw"]))))
+    settings = load_settings()
+    print(summary(download(settings.data, settings.base.seed, settings.paths.raw)))
 
 
 if __name__ == "__main__":

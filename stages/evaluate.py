@@ -11,11 +11,16 @@ import numpy as np
 
 from sarcoma_seg import tracking
 from sarcoma_seg.errors import run_cli
-from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+from sarcoma_seg.inference import (
+    model_config_path,
+    read_model_config,
+    require_inference,
+    segment_volume,
+)
 from sarcoma_seg.metrics import dice, iou, volume_scores
 from sarcoma_seg.model import load_unet
-from sarcoma_seg.params import load_params
 from sarcoma_seg.plots import prediction_figure
+from sarcoma_seg.settings import load_settings
 from sarcoma_seg.volumes import Volume, load_volumes
 
 
@@ -56,33 +61,33 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     """Predict every test patient, write metrics, table and figure, log them to the run."""
-    params = load_params()
-    paths, ev = params["paths"], params["evaluate"]
-    model_dir = Path(paths["model"])
-    pre, inference = load_config(model_dir / CONFIG_NAME)
-    model = load_unet(model_dir)
-    test_ids = json.loads(Path(paths["split"]).read_text())["test"]
-    volumes = load_volumes(Path(paths["raw"]), test_ids)
+    settings = load_settings()
+    paths = settings.paths
+    where = model_config_path(paths.model)
+    config = read_model_config(where)
+    pre, inference = config.preprocessing, require_inference(where, config)
+    model = load_unet(paths.model)
+    test_ids = json.loads(paths.split.read_text())["test"]
+    volumes = load_volumes(paths.raw, test_ids)
     preds = [segment_volume(model, pre, v.ct, inference, v.pet) for v in volumes]
     rows, summary = score(volumes, preds)
-    figures, metrics = Path(paths["figures"]), Path(paths["metrics"])
-    figures.mkdir(parents=True, exist_ok=True)
-    metrics.mkdir(parents=True, exist_ok=True)
-    (metrics / "evaluate.json").write_text(json.dumps({"test": summary}, indent=2) + "\n")
-    write_table(rows, metrics / "per_patient.csv")
-    picks = figure_slices(volumes, ev["figure_slices"])
+    paths.figures.mkdir(parents=True, exist_ok=True)
+    paths.metrics.mkdir(parents=True, exist_ok=True)
+    (paths.metrics / "evaluate.json").write_text(json.dumps({"test": summary}, indent=2) + "\n")
+    write_table(rows, paths.metrics / "per_patient.csv")
+    picks = figure_slices(volumes, settings.evaluate.figure_slices)
     prediction_figure(
         [pre.display(volumes[p].ct[s]) for p, s in picks],
         [volumes[p].mask[s] for p, s in picks],
         [preds[p][s] for p, s in picks],
         [f"{volumes[p].patient_id} slice {s}" for p, s in picks],
-        figures / "predictions.png",
+        paths.figures / "predictions.png",
     )
-    tracking.use_experiment(params["train"]["mlflow_experiment"])
-    with mlflow.start_run(run_id=tracking.read_run_id(model_dir / "mlflow_run.json")):
+    tracking.use_experiment(settings.train.mlflow_experiment)
+    with mlflow.start_run(run_id=tracking.read_run_id(paths.model / "mlflow_run.json")):
         mlflow.log_metrics({f"test_{k}": v for k, v in summary.items()})
-        mlflow.log_artifact(str(metrics / "per_patient.csv"), artifact_path="evaluation")
-        mlflow.log_artifact(str(figures / "predictions.png"), artifact_path="evaluation")
+        mlflow.log_artifact(str(paths.metrics / "per_patient.csv"), artifact_path="evaluation")
+        mlflow.log_artifact(str(paths.figures / "predictions.png"), artifact_path="evaluation")
     print(json.dumps(summary))
 
 

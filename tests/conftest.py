@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from sarcoma_seg.params import load_params
+from sarcoma_seg.settings import Data, data_from
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -26,6 +27,11 @@ def tiny_params() -> dict[str, Any]:
     params["train"].update(epochs=2, batch_size=4, early_stopping_patience=2)
     params["evaluate"]["figure_slices"] = 2
     return params
+
+
+def data_section(**keys: Any) -> Data:
+    """The data section of the tiny params with keys replaced (values as YAML gives them)."""
+    return data_from(tiny_params()["data"] | keys)
 
 
 @pytest.fixture(autouse=True, scope="session")

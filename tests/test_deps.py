@@ -9,8 +9,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS_ROOT = "params"  # the name the stages and the library give the whole params dict
-NOT_PARAMS = {"paths"}  # paths reach dvc.yaml as deps and outs (template variables), not params
+PARAMS_ROOT = "params"  # the name scripts give the whole params dict
+SETTINGS_ROOT = "settings"  # the name the stages and the library give the typed Settings
+# paths reach dvc.yaml as deps and outs (template variables), not params; as_params() is the
+# whole file as MLflow logs it and the checkpoint key hashes it, not an input of an output
+NOT_PARAMS = {"paths", "as_params"}
 
 
 def module_file(name: str) -> Path | None:
@@ -63,10 +66,29 @@ def _key(node: ast.AST) -> tuple[ast.AST, str] | None:
     return None
 
 
-def params_read(tree: ast.AST) -> set[str]:
-    """Dotted params read from the whole-params dict: `params["train"]` gives "train",
-    `params["base"]["seed"]` gives "base.seed" (a section used as a whole gives the section)."""
+def settings_read(tree: ast.AST) -> set[str]:
+    """Dotted params read from the Settings: `settings.train` gives "train",
+    `settings.base.seed` gives "base.seed" (a section used as a whole gives the section)."""
     reads: set[str] = set()
+    inner: set[int] = set()  # section reads that a key read refines
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+            root = node.value.value
+            if isinstance(root, ast.Name) and root.id == SETTINGS_ROOT:
+                reads.add(f"{node.value.attr}.{node.attr}")
+                inner.add(id(node.value))
+    for node in ast.walk(tree):
+        is_root = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        if is_root and node.value.id == SETTINGS_ROOT and id(node) not in inner:
+            reads.add(node.attr)
+    return reads
+
+
+def params_read(tree: ast.AST) -> set[str]:
+    """Dotted params read from the whole-params dict or the Settings: `params["train"]` or
+    `settings.train` gives "train", `params["base"]["seed"]` or `settings.base.seed` gives
+    "base.seed" (a section used as a whole gives the section)."""
+    reads: set[str] = settings_read(tree)
     inner: set[int] = set()  # section reads that a key read refines
     for node in ast.walk(tree):
         outer = _key(node)
@@ -152,7 +174,7 @@ def test_a_removed_dep_is_found(pipeline):
     stages["evaluate"]["params"] = [p for p in stages["evaluate"]["params"] if p != "evaluate"]
     assert stage_gaps(stages, paths) == [
         "train: dep sarcoma_seg/model.py",
-        "evaluate: params evaluate",
+        "evaluate: params evaluate.figure_slices",
     ]
 
 
@@ -163,5 +185,11 @@ def test_params_read_known_answers():
         "size = params['base']['image_size']\n"
         "raw = params['paths']['raw']\n"
         "other['data']\n"
+        "settings.inference.threshold\n"
+        "tp = settings.evaluate\n"
+        "out = settings.paths.model\n"
+        "logged = settings.as_params()\n"
+        "other.split.val\n"
     )
-    assert params_read(tree) == {"train", "base.seed", "base.image_size"}
+    expected = {"train", "base.seed", "base.image_size", "inference.threshold", "evaluate"}
+    assert params_read(tree) == expected

@@ -10,6 +10,7 @@ import pytest
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.io import dicom
 from tests import dicom_data
+from tests.conftest import data_section
 from tests.dicom_data import flat_copy, reference_hu, reference_mask, write_patient, write_pet
 
 
@@ -153,7 +154,7 @@ def test_several_sources_merge_into_one_store_and_manifest(tmp_path: Path) -> No
     write_patient(tmp_path / "dicom", "P1", pet=True)
     entries = [{"source": "nifti", "path": str(tmp_path / "nifti")}]
     entries.append({"source": "dicom", "path": str(tmp_path / "dicom")})
-    data = {"source": "synthetic", "path": None, "roi": "GTV", "spacing": None, "sources": entries}
+    data = data_section(source="synthetic", path=None, roi="GTV", spacing=None, sources=entries)
     manifest = sources.fetch(data, 0, tmp_path / "raw")
     assert raw_patient_ids(tmp_path / "raw") == ["P1", "STS_001"]
     assert manifest["source"] == "nifti+dicom"

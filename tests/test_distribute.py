@@ -32,21 +32,21 @@ distribute.split_cpu(2)  # before TensorFlow starts its runtime
 import tensorflow as tf
 from sarcoma_seg.dataset import load_slice_set
 from sarcoma_seg.model import build_unet, compile_unet, seed_everything
-from sarcoma_seg.params import load_params
+from dataclasses import replace
 from sarcoma_seg.pipeline_input import train_batches
+from sarcoma_seg.settings import load_settings
 from sarcoma_seg.transforms import build_augmentation
 
-params = load_params()
-tp = params["train"] | {"batch_size": 8}  # 4 slices per replica: BatchNorm sees a real batch
+tp = replace(load_settings().train, batch_size=8)  # 4 per replica: BatchNorm sees a real batch
 train = load_slice_set("data/preprocessed/train.npz")
 val = load_slice_set("data/preprocessed/val.npz")
 
 def fit(strategy):
     with strategy.scope():
         seed_everything(0)
-        model = build_unet(tp["backbone"], None, train.images.shape[-1], tp["bn_momentum"])
-        augment = build_augmentation(tp["augment"], train.images.shape[1], 0, pet=True)
-        batches = train_batches(train, tp["batch_size"], augment, 0, 1)
+        model = build_unet(tp.backbone, None, train.images.shape[-1], tp.bn_momentum)
+        augment = build_augmentation(tp.augment, train.images.shape[1], 0, pet=True)
+        batches = train_batches(train, tp.batch_size, augment, 0, 1)
         compile_unet(model, tp, batches.steps)
         fit = model.fit(batches.dataset, steps_per_epoch=batches.steps, epochs=1, verbose=0)
     return fit.history["loss"][-1], model.predict(val.images, verbose=0)

@@ -25,17 +25,18 @@ import tensorflow as tf
 import yaml
 
 from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import CONFIG_NAME, save_config
+from sarcoma_seg.inference import MODEL_CONFIG_NAME, save_config
 from sarcoma_seg.model import MODEL_FILE, build_unet, save_unet, seed_everything
 from sarcoma_seg.predict import main as predict_main
 from sarcoma_seg.serving import UnetSegmenter
+from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 from tests.conftest import ROOT, copy_project, run, tiny_params
 from tests.test_predict import phantom_hu
 from tests.test_readers import ibsi_patient
 
 PRE = Preprocessing((-160.0, 240.0), 32, 3)
-INFERENCE = {"threshold": 0.5, "postprocess": "none", "tta_flip": False, "z_sigma": 0.0}
+INFERENCE = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
 MARK = "lambda_ran.txt"  # the file the hostile Lambda layer writes when its code runs
 
 
@@ -49,7 +50,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     images = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
     model.fit(images, (images[..., :1] > 0.7).astype(np.float32), batch_size=4, verbose=0)
     section = save_unet(model, folder / MODEL_FILE, "resnet18")
-    save_config(folder / CONFIG_NAME, PRE, INFERENCE, section)
+    save_config(folder / MODEL_CONFIG_NAME, PRE, INFERENCE, section)
     return folder
 
 
@@ -86,10 +87,10 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def edit_config(folder: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    """Rewrite the folder's preprocessing.json with change applied."""
-    config = json.loads((folder / CONFIG_NAME).read_text())
+    """Rewrite the folder's model_config.json with change applied."""
+    config = json.loads((folder / MODEL_CONFIG_NAME).read_text())
     change(config)
-    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    (folder / MODEL_CONFIG_NAME).write_text(json.dumps(config))
 
 
 def restamp(folder: Path) -> None:
@@ -155,7 +156,7 @@ def test_a_lambda_model_does_not_run_in_predict(
     if how == "old-folder":
         edit_config(folder, lambda c: c.pop("model"))
     line = refused_by_predict(folder, scan, tmp_path, capsys)
-    assert f"{folder / MODEL_FILE}" in line or f"{folder / CONFIG_NAME}" in line
+    assert f"{folder / MODEL_FILE}" in line or f"{folder / MODEL_CONFIG_NAME}" in line
     assert re.search(expected, line), line
     assert not mark.exists()
 
@@ -184,7 +185,7 @@ def test_a_lambda_model_does_not_run_in_evaluate_or_the_pyfunc(
     context = SimpleNamespace(
         artifacts={
             "keras_model": str(folder / MODEL_FILE),
-            "preprocessing": str(folder / CONFIG_NAME),
+            "model_config": str(folder / MODEL_CONFIG_NAME),
         }
     )
     with pytest.raises(SarcomaSegError, match="the file does not fit its model section"):
@@ -292,11 +293,11 @@ def test_a_changed_weights_file_fails_its_hash(
     line = refused_by_predict(folder, scan, tmp_path, capsys)
     assert line == (
         f"error: {folder / MODEL_FILE}: SHA-256 differs from weights_sha256 in "
-        f"{folder / CONFIG_NAME}; the file was changed or damaged since training"
+        f"{folder / MODEL_CONFIG_NAME}; the file was changed or damaged since training"
     )
 
 
-# --- tampered preprocessing.json ---------------------------------------------------------------
+# --- tampered model_config.json ----------------------------------------------------------------
 
 CONFIGS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "unknown-model-key": (
@@ -324,16 +325,16 @@ def test_a_tampered_config_is_one_line(
     change, expected = CONFIGS[tamper]
     edit_config(folder, change)
     line = refused_by_predict(folder, scan, tmp_path, capsys)
-    assert line.startswith(f"error: {folder / CONFIG_NAME}: "), line
+    assert line.startswith(f"error: {folder / MODEL_CONFIG_NAME}: "), line
     assert expected in line, line
 
 
 def test_a_config_that_is_not_json_is_one_line(
     folder: Path, scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (folder / CONFIG_NAME).write_text('{"hu_window": [-160, 240], ')
+    (folder / MODEL_CONFIG_NAME).write_text('{"hu_window": [-160, 240], ')
     line = refused_by_predict(folder, scan, tmp_path, capsys)
-    assert line.startswith(f"error: {folder / CONFIG_NAME}: cannot read the preprocessing (")
+    assert line.startswith(f"error: {folder / MODEL_CONFIG_NAME}: cannot read the stored config (")
 
 
 # --- predict's arguments and output ------------------------------------------------------------
@@ -374,7 +375,7 @@ def test_the_trained_folder_predicts_and_the_pyfunc_refuses_nan(
     context = SimpleNamespace(
         artifacts={
             "keras_model": str(trained / MODEL_FILE),
-            "preprocessing": str(trained / CONFIG_NAME),
+            "preprocessing": str(trained / MODEL_CONFIG_NAME),  # the key older pyfuncs logged
         }
     )
     wrapper = UnetSegmenter()

@@ -1,5 +1,6 @@
 """The shared inference path: postprocessing, flip test-time augmentation, config round trip."""
 
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -7,14 +8,25 @@ import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.inference import (
+    CONFIG_NAME,
+    MODEL_CONFIG_NAME,
+    ModelConfig,
+    ModelSection,
     check_inference,
     load_config,
+    model_config_path,
+    read_model_config,
+    require_inference,
     save_config,
     segment_volume,
+    write_model_config,
 )
+from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
 PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=1)
+PRE_PET = Preprocessing((-160.0, 240.0), 32, 3, pet_window=(0.0, 1.0))
+INFERENCE = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
 
 
 class LeftHalfModel:
@@ -28,13 +40,13 @@ class LeftHalfModel:
 
 def test_flip_tta_averages_with_the_mirror_and_postprocess_applies() -> None:
     ct = np.zeros((2, 64, 64), np.float32)
-    plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": False}
+    plain = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
     mask = segment_volume(LeftHalfModel(), PRE, ct, plain)
     assert mask.shape == ct.shape and mask[:, :, :32].all() and not mask[:, :, 32:].any()
     # mirrored, the left half scores 0.4 on each side: below the threshold everywhere
-    flipped = segment_volume(LeftHalfModel(), PRE, ct, {**plain, "tta_flip": True})
+    flipped = segment_volume(LeftHalfModel(), PRE, ct, replace(plain, tta_flip=True))
     assert not flipped.any()
-    low = segment_volume(LeftHalfModel(), PRE, ct, {**plain, "tta_flip": True, "threshold": 0.3})
+    low = segment_volume(LeftHalfModel(), PRE, ct, replace(plain, tta_flip=True, threshold=0.3))
     assert low.all()
 
 
@@ -49,9 +61,9 @@ class TwoBandsModel:
 
 def test_postprocess_largest_component_keeps_the_wide_band_only() -> None:
     ct = np.zeros((2, 64, 64), np.float32)
-    plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": False}
+    plain = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
     both = segment_volume(TwoBandsModel(), PRE, ct, plain)
-    one = segment_volume(TwoBandsModel(), PRE, ct, {**plain, "postprocess": "largest_component"})
+    one = segment_volume(TwoBandsModel(), PRE, ct, replace(plain, postprocess="largest_component"))
     assert both[:, :, :16].any() and both[:, :, 30:50].all()  # the model grid is 32 of 64 px
     assert not one[:, :, :16].any() and np.array_equal(one[:, :, 16:], both[:, :, 16:])
 
@@ -75,11 +87,11 @@ def test_z_sigma_fills_a_dropped_slice_and_removes_a_lone_one() -> None:
     ct = np.zeros((11, 32, 32), np.float32)
     # a tumour on slices 1-6 that the model lost on slice 4; slice 9 alone is a flicker
     per_slice = [0.0, 0.9, 0.9, 0.9, 0.3, 0.9, 0.9, 0.0, 0.0, 0.6, 0.0]
-    plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": False, "z_sigma": 0.0}
+    plain = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
     hits = segment_volume(SliceProbabilityModel(per_slice), PRE, ct, plain).any(axis=(1, 2))
     assert hits.tolist() == [p >= 0.5 for p in per_slice]
     # sigma 1: 0.627 0.815 0.751 0.656 0.702 0.600 on slices 1-6, 0.243 on slice 9
-    smoothed = segment_volume(SliceProbabilityModel(per_slice), PRE, ct, {**plain, "z_sigma": 1})
+    smoothed = segment_volume(SliceProbabilityModel(per_slice), PRE, ct, replace(plain, z_sigma=1))
     assert smoothed.any(axis=(1, 2)).tolist() == [0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
 
 
@@ -105,7 +117,7 @@ def test_z_sigma_matches_a_gaussian_along_slices_only() -> None:
 
 def test_progress_counts_every_slice_once() -> None:
     seen: list[int] = []
-    plain = {"threshold": 0.5, "postprocess": "none", "tta_flip": True}
+    plain = Inference(threshold=0.5, postprocess="none", tta_flip=True, z_sigma=0.0)
     segment_volume(
         LeftHalfModel(), PRE, np.zeros((11, 40, 40)), plain, batch_size=4, progress=seen.append
     )
@@ -113,9 +125,30 @@ def test_progress_counts_every_slice_once() -> None:
 
 
 def test_config_round_trip(tmp_path: Path) -> None:
-    inference = check_inference({"threshold": 0.4, "postprocess": "largest_component"})
-    save_config(tmp_path / "p.json", PRE, inference)
-    assert load_config(tmp_path / "p.json") == (PRE, inference)
+    inference = Inference(**check_inference({"threshold": 0.4, "postprocess": "largest_component"}))
+    section = ModelSection("resnet18", 1, 1, "0" * 64)
+    config = ModelConfig(PRE, inference, section)
+    write_model_config(tmp_path / MODEL_CONFIG_NAME, config)
+    assert read_model_config(tmp_path / MODEL_CONFIG_NAME) == config
+    assert load_config(tmp_path / MODEL_CONFIG_NAME) == (PRE, asdict(inference))
+
+
+def test_a_model_folder_prefers_model_config_and_falls_back_to_preprocessing(
+    tmp_path: Path,
+) -> None:
+    assert model_config_path(tmp_path) == tmp_path / MODEL_CONFIG_NAME  # named in errors
+    save_config(tmp_path / CONFIG_NAME, PRE)
+    assert model_config_path(tmp_path) == tmp_path / CONFIG_NAME  # an older model's folder
+    save_config(tmp_path / MODEL_CONFIG_NAME, PRE)
+    assert model_config_path(tmp_path) == tmp_path / MODEL_CONFIG_NAME
+
+
+def test_a_config_without_inference_cannot_segment(tmp_path: Path) -> None:
+    save_config(tmp_path / CONFIG_NAME, PRE)  # what preprocess writes beside the data
+    config = read_model_config(tmp_path / CONFIG_NAME)
+    assert config == ModelConfig(PRE, None, None)
+    with pytest.raises(SarcomaSegError, match=r"preprocessing\.json: has no inference section"):
+        require_inference(tmp_path / CONFIG_NAME, config)
 
 
 @pytest.mark.parametrize(
@@ -151,3 +184,20 @@ def test_compiled_batches_match_the_eager_model() -> None:
     mirror = model(images[:, :, ::-1], training=False).numpy()[:, :, ::-1, 0]
     assert np.allclose(flipped, (eager + mirror) / 2, atol=1e-6)
     assert [inference_batch_size(s) for s in (96, 128, 512)] == [32, 18, 1]
+
+
+def test_the_pretraced_predictor_gives_predict_on_batch_bit_for_bit() -> None:
+    from sarcoma_seg.inference import traced_predictor, volume_probabilities
+    from sarcoma_seg.model import build_unet
+
+    model = build_unet("resnet18", None, 4)  # the U-Net predict runs, untrained
+    head = model.get_layer("final_conv")
+    head.bias.assign(np.zeros(head.bias.shape))  # probabilities near 0.5: a mask to compare
+    images = np.random.default_rng(2).random((7, 32, 32, 4)).astype(np.float32)
+    predictor = traced_predictor(model, (4, 32, 32, 4))  # traced before any batch is seen
+    for tta in (False, True):
+        keras = volume_probabilities(model, images, tta, 4)
+        traced = volume_probabilities(model, images, tta, 4, predictor=predictor)
+        assert np.array_equal(keras, traced)
+    mask = segment_volume(model, PRE_PET, images[..., 0] * 400 - 160, INFERENCE, images[..., 3])
+    assert 0 < mask.mean() < 1  # the comparison above covers both sides of the threshold

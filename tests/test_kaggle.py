@@ -13,6 +13,7 @@ import pytest
 from sarcoma_seg import kaggle_source, sources
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.phantom import write_phantom_set
+from tests.conftest import data_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "4quant/soft-tissue-sarcoma"
@@ -110,9 +111,9 @@ def test_fetch_kaggle_without_credentials_changes_nothing(
     no_credentials: Path, tmp_path: Path
 ) -> None:
     out_dir = tmp_path / "data" / "raw"
-    params = {"source": "kaggle", "kaggle_dataset": DATASET}
+    data = data_section(source="kaggle", kaggle_dataset=DATASET)
     with pytest.raises(SarcomaSegError, match="KAGGLE_API_TOKEN"):
-        sources.fetch(params, 42, out_dir)
+        sources.fetch(data, 42, out_dir)
     assert not out_dir.exists()
     assert list(out_dir.parent.iterdir()) == []
 
@@ -251,7 +252,8 @@ def test_credentials_never_leak_into_manifest_or_output(
     monkeypatch.setenv("KAGGLE_KEY", SENTINEL_KEY)
     monkeypatch.setattr(kaggle_source, "make_api", lambda: FakeKaggleApi(dataset_zip))
     out_dir = tmp_path / "data" / "raw"
-    manifest = sources.fetch({"source": "kaggle", "kaggle_dataset": DATASET}, 42, out_dir)
+    data = data_section(source="kaggle", kaggle_dataset=DATASET)
+    manifest = sources.fetch(data, 42, out_dir)
     assert manifest["source"] == "kaggle"
     assert manifest["dataset"] == DATASET
     assert manifest["version"] == "latest"

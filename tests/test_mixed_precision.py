@@ -7,16 +7,17 @@ import tensorflow as tf
 
 from sarcoma_seg.distribute import float32_output, set_precision
 from sarcoma_seg.model import build_unet, compile_unet
+from sarcoma_seg.settings import settings_from
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow  # float16 on a CPU: building and one step take ~20 s
 
 
 def test_mixed_precision_builds_and_trains_one_step_on_cpu() -> None:
-    tp = tiny_params()["train"]
+    tp = settings_from(tiny_params()).train
     try:
         assert set_precision(True, force=True)
-        model = float32_output(build_unet(tp["backbone"], None, 4, tp["bn_momentum"]))
+        model = float32_output(build_unet(tp.backbone, None, 4, tp.bn_momentum))
         compile_unet(model, tp)
         assert model.get_layer("final_conv").compute_dtype == "float16"
         assert model.output.dtype == tf.float32

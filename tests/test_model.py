@@ -1,20 +1,26 @@
 """The U-Net builders: an ensemble is one model that averages its members."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from sarcoma_seg.inference import save_config
+from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.inference import MODEL_CONFIG_NAME, save_config
 from sarcoma_seg.model import (
     average_members,
     build_unet,
+    check_train_params,
     load_unet,
     mean_history,
     save_unet,
     seed_everything,
     validation_dice,
 )
+from sarcoma_seg.settings import settings_from
 from sarcoma_seg.transforms import Preprocessing
+from tests.conftest import tiny_params
 
 
 def test_ensemble_averages_members_and_survives_hdf5(tmp_path: Path) -> None:
@@ -28,9 +34,7 @@ def test_ensemble_averages_members_and_survives_hdf5(tmp_path: Path) -> None:
     ensemble = average_members(members, 4)
     assert np.allclose(ensemble(images, training=False).numpy(), (each[0] + each[1]) / 2)
     section = save_unet(ensemble, tmp_path / "model.h5", "resnet18")
-    save_config(
-        tmp_path / "preprocessing.json", Preprocessing((-160.0, 240.0), 32, 4), None, section
-    )
+    save_config(tmp_path / MODEL_CONFIG_NAME, Preprocessing((-160.0, 240.0), 32, 4), None, section)
     loaded = load_unet(tmp_path)
     assert np.allclose(loaded(images, training=False).numpy(), (each[0] + each[1]) / 2)
 
@@ -58,3 +62,19 @@ def test_validation_dice_scores_at_the_inference_threshold() -> None:
         callback.set_model(model)
         callback.on_epoch_end(0, logs)
         assert np.isclose(logs["val_dice"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"backbone": "resnet9000"}, r"^train\.backbone='resnet9000' is not allowed"),
+        ({"lr_schedule": "plateau", "monitor": "last"}, r"plateau needs a validation monitor"),
+        ({"registered_model": "a/b"}, r"^train\.registered_model='a/b' is not allowed"),
+        ({"ensemble": 2, "monitor": "val_dice"}, r"train\.monitor=val_dice stops each early"),
+    ],
+)
+def test_check_train_params_refuses_what_the_schema_cannot_see(change: dict, message: str) -> None:
+    train = settings_from(tiny_params()).train
+    check_train_params(train)  # the defaults pass
+    with pytest.raises(SarcomaSegError, match=message):
+        check_train_params(replace(train, **change))

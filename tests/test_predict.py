@@ -12,13 +12,14 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from sarcoma_seg.inference import read_config, save_config
+from sarcoma_seg.inference import CONFIG_NAME, MODEL_CONFIG_NAME, read_model_config, save_config
 from sarcoma_seg.model import MODEL_FILE, build_unet, save_unet
-from sarcoma_seg.predict import lesion_summary, main, montage_slices
+from sarcoma_seg.predict import lesion_summary, main, montage_slices, stored_config_name
 from sarcoma_seg.scans import read_dicom_series, read_nifti_scan
+from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
-INFERENCE = {"threshold": 0.5, "postprocess": "none", "tta_flip": False}
+INFERENCE = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
 
 
 def phantom_hu(shape: tuple[int, int, int] = (6, 40, 48)) -> np.ndarray:
@@ -35,22 +36,19 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("model")
     section = save_unet(build_unet("resnet18", None, 3), folder / MODEL_FILE, "resnet18")
     pre = Preprocessing((-160.0, 240.0), 32, 3)
-    save_config(folder / "preprocessing.json", pre, INFERENCE, section)
+    save_config(folder / MODEL_CONFIG_NAME, pre, INFERENCE, section)
     return folder
 
 
 @pytest.fixture(scope="module")
 def png_model_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    """The same U-Net, declared as trained on 8-bit exported slices."""
+    """The same U-Net, declared as trained on 8-bit exported slices, in an older model's folder
+    (its config named preprocessing.json)."""
     folder = tmp_path_factory.mktemp("png-model")
     (folder / MODEL_FILE).write_bytes((model_dir / MODEL_FILE).read_bytes())
     pre = Preprocessing((0.0, 255.0), 32, 3, units="png8")
-    save_config(
-        folder / "preprocessing.json",
-        pre,
-        INFERENCE,
-        read_config(model_dir / "preprocessing.json")["model"],
-    )
+    section = read_model_config(model_dir / MODEL_CONFIG_NAME).model
+    save_config(folder / CONFIG_NAME, pre, INFERENCE, section)
     return folder
 
 
@@ -329,3 +327,10 @@ def test_predict_dicom_writes_an_rtstruct_that_reads_back_to_the_mask(
             for c in contours.get("ContourSequence", [])
         }
         assert images <= {h.SOPInstanceUID for h in grid.headers}
+
+
+def test_a_registry_model_is_fetched_with_its_config_by_either_name() -> None:
+    both = {MODEL_FILE, MODEL_CONFIG_NAME, CONFIG_NAME}
+    assert stored_config_name(both) == MODEL_CONFIG_NAME
+    assert stored_config_name({MODEL_FILE, CONFIG_NAME}) == CONFIG_NAME  # an older version
+    assert stored_config_name({MODEL_FILE, "MLmodel"}) is None

@@ -1,11 +1,14 @@
 """`predict --help` and input errors answer without importing TensorFlow (the slow part of
 start-up): each runs in a fresh interpreter that reports the modules it loaded."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import sys
@@ -34,8 +37,9 @@ def test_predict_answers_without_importing_tensorflow(tmp_path: Path, args: list
     ct = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), ct)
     argv = [a.format(ct=ct) for a in args]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}  # this checkout's code, not the installed one
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-c", PROBE, *argv], cwd=tmp_path, capture_output=True, text=True, env=env
     )
     assert done.stdout.strip().splitlines()[-1] == "False False", done.stderr[-2000:]
     if args != ["--help"]:

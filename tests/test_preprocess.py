@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.transforms import Preprocessing, build_augmentation, preprocessing_from_params
+from sarcoma_seg.settings import Preprocess
+from sarcoma_seg.transforms import Preprocessing, build_augmentation, preprocessing_from
 
 PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=3)
 
@@ -16,6 +17,20 @@ def test_window_maps_hu_linearly_and_clips(hu: float, expected: float) -> None:
     out = PRE.image(np.full((64, 64), hu, dtype=np.float32))
     assert out.shape == (32, 32, 3) and out.dtype == np.float32
     assert np.allclose(out, expected)
+
+
+def section(**keys: object) -> Preprocess:
+    """A preprocess section: params.yaml's windows, 3 channels, no context, no PET, with keys
+    replaced (values as YAML gives them, unchecked)."""
+    values = {
+        "hu_window": [-160, 240],
+        "png8_window": [0, 255],
+        "channels": 3,
+        "context_slices": 0,
+        "hu_windows": None,
+        "pet_window": None,
+    }
+    return Preprocess(**(values | keys))
 
 
 def test_image_shape_and_channels_replicated() -> None:
@@ -110,7 +125,7 @@ def test_pet_model_without_pet_names_what_is_missing() -> None:
 )
 def test_bad_params_name_the_param(base: dict, pre: dict, param: str) -> None:
     with pytest.raises(SarcomaSegError, match=param.replace(".", r"\.")):
-        preprocessing_from_params(base, pre)
+        preprocessing_from(base["image_size"], section(**pre))
 
 
 def test_augmentation_is_seeded_and_keeps_mask_binary() -> None:
@@ -139,10 +154,9 @@ def test_2p5d_channels_are_the_neighbouring_slices_clamped_at_the_edges() -> Non
 
 
 def test_2p5d_channels_must_match_the_context() -> None:
-    base, pre = {"image_size": 32}, {"hu_window": [-160, 240], "channels": 3, "context_slices": 2}
     with pytest.raises(SarcomaSegError, match=r"context_slices=2.*channels = 5"):
-        preprocessing_from_params(base, pre)
-    assert preprocessing_from_params(base, {**pre, "channels": 5}).context == 2
+        preprocessing_from(32, section(context_slices=2))
+    assert preprocessing_from(32, section(context_slices=2, channels=5)).context == 2
 
 
 def test_pet_uptake_scales_only_the_pet_channel_within_its_range() -> None:
@@ -173,16 +187,14 @@ def test_pet_uptake_drop_zeroes_pet_and_is_skipped_for_ct_only_models() -> None:
     "bad", [{"scale": [1.0, 0.5]}, {"scale": [0.3]}, {"scale": 0.5}, {"drop": 2}, {"p": None}]
 )
 def test_pet_uptake_with_bad_settings_names_the_param(bad: dict) -> None:
-    cfg = {"pet_uptake": {"enabled": True, "p": 1.0, "scale": [0.3, 1.0], **bad}}
+    cfg = {"pet_uptake": {"enabled": True, "p": 1.0, "scale": [0.3, 1.0], "drop": 0.0, **bad}}
     with pytest.raises(SarcomaSegError, match=r"train\.augment\.pet_uptake"):
         build_augmentation(cfg, 16, seed=0, pet=True)
 
 
 def test_hu_windows_give_each_ct_channel_its_own_window() -> None:
     windows = [[-160, 240], [-20, 100], [-1000, 1000]]
-    pre = preprocessing_from_params(
-        {"image_size": 32}, {"hu_window": [-160, 240], "channels": 3, "hu_windows": windows}
-    )
+    pre = preprocessing_from(32, section(hu_windows=windows))
     ct = np.full((2, 64, 64), 40.0)
     ct[:, :32] = -500.0  # top half: fat-to-air, below every window but the wide one
     out = pre.volume(ct)
@@ -210,9 +222,8 @@ def test_hu_windows_survive_the_saved_config(tmp_path) -> None:
     ],
 )
 def test_bad_hu_windows_name_the_param(pre: dict, units: str, message: str) -> None:
-    section = {"hu_window": [-160, 240], "png8_window": [0, 255], "channels": 3, **pre}
     with pytest.raises(SarcomaSegError, match=r"preprocess\." + message):
-        preprocessing_from_params({"image_size": 32}, section, units)
+        preprocessing_from(32, section(**pre), units)
 
 
 def test_pet_blur_blurs_only_the_pet_channel_with_a_gaussian() -> None:

@@ -560,3 +560,30 @@ def test_pet_already_on_the_ct_grid_is_kept_as_is(
     save(folder / "PET_image.nii.gz", pet, ras_affine())
     (vol,) = read_nifti(tmp_path)
     np.testing.assert_array_equal(vol.pet, pet.transpose(2, 1, 0))
+
+
+def test_a_gzip_nifti_inflated_in_one_call_reads_as_nibabel_and_odd_files_fall_back(
+    tmp_path: Path,
+) -> None:
+    import gzip
+
+    from sarcoma_seg.io.nifti import inflated
+
+    data = np.random.default_rng(5).integers(-1000, 1000, (20, 30, 40)).astype(np.int16)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1.0])), path)
+    image = nib.load(path)
+    fast = inflated(image, path)
+    assert fast is not image and np.array_equal(fast.get_fdata(), image.get_fdata())
+    assert np.array_equal(fast.affine, image.affine)
+    raw = gzip.decompress(path.read_bytes())
+    odd = {
+        "two gzip members": gzip.compress(raw[:200]) + gzip.compress(raw[200:]),
+        "truncated": path.read_bytes()[:-30],
+        "data past the header's size": gzip.compress(raw + b"\0" * 64),
+    }
+    for name, content in odd.items():
+        other = tmp_path / f"{name}.nii.gz"
+        other.write_bytes(content)
+        loaded = nib.load(other)
+        assert inflated(loaded, other) is loaded, name  # nibabel's own reader takes over

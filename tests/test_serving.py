@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sarcoma_seg.inference import CONFIG_NAME, load_config, segment_volume
+from sarcoma_seg.inference import MODEL_CONFIG_NAME, read_model_config, segment_volume
 from sarcoma_seg.metrics import volume_scores
 from sarcoma_seg.model import load_unet
 from sarcoma_seg.stack import free_port
@@ -50,7 +50,8 @@ def test_predict_on_the_registered_model_equals_evaluate(trained: Path) -> None:
         mask = h5[f"label_data/{patient}"][()]
     # evaluate's own path: the store volume, the model folder, the shared inference function
     volume = load_volumes(trained / "data" / "raw", [patient])[0]
-    pre, inference = load_config(trained / "data" / "model" / CONFIG_NAME)
+    stored = read_model_config(trained / "data" / "model" / MODEL_CONFIG_NAME)
+    pre, inference = stored.preprocessing, stored.inference
     model = load_unet(trained / "data" / "model")
     expected = segment_volume(model, pre, volume.ct, inference, volume.pet)
     assert np.array_equal(mask, expected)
@@ -77,7 +78,7 @@ def test_mlflow_models_serve_answers_raw_hu_like_predict(trained: Path) -> None:
     with h5py.File(source) as h5:
         ct = h5[f"ct_data/{patient}"][()].astype(float)
         pet = h5[f"pet_data/{patient}"][()].astype(float)
-    pre, _ = load_config(trained / "data" / "model" / CONFIG_NAME)
+    pre = read_model_config(trained / "data" / "model" / MODEL_CONFIG_NAME).preprocessing
     body = {"inputs": {"ct": ct.tolist(), "pet": pet.tolist()}}
     if pre.pet_window is None:
         body = {"inputs": ct.tolist()}  # a CT-only model takes the bare HU tensor
@@ -106,5 +107,13 @@ def test_served_model_carries_its_preprocessing_and_code(trained: Path) -> None:
     mlflow.set_tracking_uri(tracking_env(trained)["MLFLOW_TRACKING_URI"])
     local = Path(mlflow.artifacts.download_artifacts("models:/sarcoma-seg/1"))
     assert (local / "code" / "sarcoma_seg" / "inference.py").is_file()
-    config = json.loads((local / "artifacts" / CONFIG_NAME).read_text())
+    config = json.loads((local / "artifacts" / MODEL_CONFIG_NAME).read_text())
     assert config["hu_window"] and config["image_size"] == 32 and config["inference"]
+    # the train stage wrote the model folder's config itself; MLflow logged that very file
+    folder = trained / "data" / "model"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["mlflow_run.json", "model.h5", MODEL_CONFIG_NAME]
+    )
+    assert (local / "artifacts" / MODEL_CONFIG_NAME).read_bytes() == (
+        folder / MODEL_CONFIG_NAME
+    ).read_bytes()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sarcoma_seg import training
 from sarcoma_seg.errors import SarcomaSegError
 from stages import preprocess, train
 from tests.conftest import ROOT, tiny_params
@@ -100,6 +101,6 @@ def test_cli_error_is_one_line_and_nonzero(project: Path) -> None:
 
 def test_chosen_epoch_is_the_monitors_best_or_the_last() -> None:
     history = {"loss": [0.9, 0.5, 0.4], "val_dice": [0.2, 0.7, 0.6], "val_loss": [0.8, 0.5, 0.3]}
-    assert train.chosen_epoch(history, "val_dice") == 1
-    assert train.chosen_epoch(history, "val_loss") == 2
-    assert train.chosen_epoch(history, "last") == 2
+    assert training.chosen_epoch(history, "val_dice") == 1
+    assert training.chosen_epoch(history, "val_loss") == 2
+    assert training.chosen_epoch(history, "last") == 2

@@ -215,6 +215,7 @@ def test_kill_9_orphan_is_marked_killed_by_the_next_training(repo: Path, server:
 def test_exception_ends_the_run_failed(
     repo: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import sarcoma_seg.training
     import stages.train
 
     def broken(*_args: object, **_kwargs: object) -> None:
@@ -223,7 +224,7 @@ def test_exception_ends_the_run_failed(
     monkeypatch.chdir(repo)
     for key, value in stage_env(server.url).items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(stages.train, "train", broken)
+    monkeypatch.setattr(sarcoma_seg.training, "train", broken)
     with pytest.raises(RuntimeError, match="a bug in training"):
         stages.train.main()
     client = MlflowClient(server.url)

@@ -95,7 +95,9 @@ def _resample_axis_aligned(src: np.ndarray, to_src: np.ndarray, out_shape: tuple
         if len(coords) == len(index) and np.allclose(coords, index, rtol=0, atol=1e-6):
             continue  # the same sampling along this axis
         out = _linear_along(out, axis, coords)
-    return np.ascontiguousarray(out)  # slice by slice downstream (OpenCV)
+    # not made contiguous here: every caller turns it into the internal axes next, one copy
+    # (internal_axes) instead of two of a 512 x 512 CT grid
+    return out
 
 
 def resample_onto(src: np.ndarray, src_affine: np.ndarray, out_shape: tuple, out_affine):

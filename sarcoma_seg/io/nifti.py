@@ -44,6 +44,7 @@ IBSI_CT, IBSI_MASK, IBSI_PET = "CT_image", "CT_mask", "PET_image"  # PET_mask is
 NNUNET_IMAGES, NNUNET_LABELS, NNUNET_JSON = "imagesTr", "labelsTr", "dataset.json"
 CHANNEL_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net: <case>_0000
 NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
+GZIP_SLACK = 1 << 16  # bytes of gzip header, trailer and block overhead allowed beyond the data
 
 
 @dataclass(frozen=True)
@@ -212,11 +213,39 @@ def check_nifti_header(image: nib.Nifti1Image, where: str) -> None:
         )
 
 
+def inflated(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
+    """A gzip NIfTI whose header passed check_nifti_header, with its data inflated into memory by
+    one zlib call, or the image as it is (not gzip, or anything unusual: several gzip members,
+    trailing data, a damaged stream, which nibabel's own reader then reports). Same bytes, same
+    arrays; but Python's gzip takes the GIL back every 8 kB of input, and one call leaves it free
+    throughout, so predict's model loading in another thread runs meanwhile."""
+    if not str(path).lower().endswith(".gz"):
+        return image
+    offset = getattr(image.dataobj, "offset", None)  # where the file's data start (vox_offset)
+    if offset is None:
+        return image
+    # the header's own size for the data; a longer stream is left to nibabel (bounded output)
+    size = int(offset) + int(np.prod(image.shape, dtype=object)) * image.get_data_dtype().itemsize
+    # deflate never grows data by more than ~0.1%: a larger file holds something else, and is
+    # not read into memory whole
+    if Path(path).stat().st_size > size + size // 100 + GZIP_SLACK:
+        return image
+    inflater = zlib.decompressobj(wbits=31)  # gzip framing: zlib checks the CRC-32 and length
+    try:
+        raw = inflater.decompress(Path(path).read_bytes(), size + 1)
+    except zlib.error:
+        return image
+    if not inflater.eof or inflater.unused_data or len(raw) < size:
+        return image
+    return type(image).from_bytes(raw)
+
+
 def _load_canonical(path: Path, patient_id: str, labels: bool) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of a 3D NIfTI file reoriented to RAS+; float32, or raw dtype for labels."""
     try:
         image = nib.load(path, mmap=False)  # data are copied anyway; no map keeps the file open
         check_nifti_header(image, where_of(path, patient_id))  # before any data are read
+        image = inflated(image, path)
         if len(image.shape) == 4 and image.shape[3] == 1:
             image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
         if len(image.shape) != 3:
@@ -310,6 +339,7 @@ def read_nifti_scan(path: Path, pet: Path | None = None) -> Scan:
     except NIFTI_ERRORS as exc:
         raise SarcomaSegError(f"{path}: unreadable NIfTI file ({exc})") from exc
     check_nifti_header(image, str(path))  # before any data are read
+    image = inflated(image, path)
     if len(image.shape) == 4 and image.shape[3] == 1:
         image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
     if len(image.shape) != 3:
