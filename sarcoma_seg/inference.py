@@ -153,13 +153,21 @@ def require_inference(path: Path, config: ModelConfig) -> Inference:
     return config.inference
 
 
+def stored_config_name(names: set[str]) -> str | None:
+    """The stored config among a model's file names: model_config.json, else an older model's
+    preprocessing.json, else None."""
+    for name in (MODEL_CONFIG_NAME, CONFIG_NAME):
+        if name in names:
+            return name
+    return None
+
+
 def model_config_path(folder: Path) -> Path:
     """A model folder's stored config: model_config.json, or an older model's
     preprocessing.json when only that exists."""
     folder = Path(folder)
-    if not (folder / MODEL_CONFIG_NAME).is_file() and (folder / CONFIG_NAME).is_file():
-        return folder / CONFIG_NAME
-    return folder / MODEL_CONFIG_NAME
+    present = {n for n in (MODEL_CONFIG_NAME, CONFIG_NAME) if (folder / n).is_file()}
+    return folder / (stored_config_name(present) or MODEL_CONFIG_NAME)
 
 
 def inference_batch_size(image_size: int) -> int:

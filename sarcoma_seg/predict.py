@@ -21,7 +21,6 @@ import numpy as np
 from sarcoma_seg.config import MAX_BATCH_SIZE
 from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import (
-    CONFIG_NAME,
     MODEL_CONFIG_NAME,
     MODEL_FILE,
     Predictor,
@@ -30,6 +29,7 @@ from sarcoma_seg.inference import (
     read_model_config,
     require_inference,
     segment_images,
+    stored_config_name,
     traced_predictor,
 )
 from sarcoma_seg.lesions import components
@@ -71,15 +71,6 @@ def fetch_model_files(uri: str, scratch: Path) -> Path:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
     raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {MODEL_CONFIG_NAME}")
-
-
-def stored_config_name(names: set[str]) -> str | None:
-    """The stored config among a model's file names: model_config.json, else an older model's
-    preprocessing.json, else None."""
-    for name in (MODEL_CONFIG_NAME, CONFIG_NAME):
-        if name in names:
-            return name
-    return None
 
 
 def model_folder(uri: str, scratch: Path) -> Path:
