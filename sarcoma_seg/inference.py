@@ -21,7 +21,7 @@ MODEL_CONFIG_NAME = "model_config.json"  # a model folder: preprocessing, infere
 # the preprocessed data's settings, and the name models trained before model_config.json used
 # for their whole config (registry versions hold it): read as a fallback with the same checks
 CONFIG_NAME = "preprocessing.json"
-INFERENCE_PIXELS = 32 * 96 * 96  # pixels per model call (see inference_batch_size)
+INFERENCE_PIXELS = 16 * 96 * 96  # pixels per model call (see inference_batch_size)
 # what models stored before these inference keys existed did: no postprocessing, no flip, no
 # smoothing (new models store every key, from params.yaml)
 OLDER_MODEL_INFERENCE = {"postprocess": "none", "tta_flip": False, "z_sigma": 0.0}
@@ -171,9 +171,10 @@ def model_config_path(folder: Path) -> Path:
 
 
 def inference_batch_size(image_size: int) -> int:
-    """Slices per model call at this image size: 32 at 96 px, fewer for larger images."""
-    # a compiled call on 32 slices of 96 px uses both CPU cores (175 slices: 1.65 s, 2.14 s in 8s);
-    # the pixel budget keeps a GPU's activation memory bounded at larger sizes (512 px: 1 slice)
+    """Slices per model call at this image size: 16 at 96 px, fewer for larger images."""
+    # 175 slices of 96 px on 2 CPU cores (2026-12-07): 2.2 s in calls of 8, 16 or 24 slices,
+    # 2.8 s in 32s (one machine earlier: 1.65 s in 32s, 2.14 s in 8s); 16 pads 175 to 176, not
+    # 192; the pixel budget keeps a GPU's activation memory bounded at larger sizes (512 px: 1)
     return max(1, INFERENCE_PIXELS // image_size**2)
 
 

@@ -47,23 +47,3 @@ def prediction_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def overlay_montage(
-    images: list[np.ndarray], masks: list[np.ndarray], titles: list[str], path: Path
-) -> None:
-    """A grid of CT slices (scaled to [0, 1]) with the predicted tumour outlined and filled."""
-    cols = min(4, len(images))
-    rows = int(np.ceil(len(images) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, image, mask, title in zip(axes.ravel(), images, masks, titles):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-        if mask.any():
-            ax.imshow(np.ma.masked_equal(mask, 0), cmap="autumn", alpha=0.35, vmin=0, vmax=1)
-            ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

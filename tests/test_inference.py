@@ -183,7 +183,7 @@ def test_compiled_batches_match_the_eager_model() -> None:
     flipped = volume_probabilities(model, images, True, 4)
     mirror = model(images[:, :, ::-1], training=False).numpy()[:, :, ::-1, 0]
     assert np.allclose(flipped, (eager + mirror) / 2, atol=1e-6)
-    assert [inference_batch_size(s) for s in (96, 128, 512)] == [32, 18, 1]
+    assert [inference_batch_size(s) for s in (96, 128, 512)] == [16, 9, 1]
 
 
 def test_the_pretraced_predictor_gives_predict_on_batch_bit_for_bit() -> None:
