@@ -32,9 +32,7 @@ def overlay_tile(image: np.ndarray, mask: np.ndarray, caption: str) -> np.ndarra
     inside = fitted(mask.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
     bgr[inside] = (1 - FILL_ALPHA) * bgr[inside] + FILL_ALPHA * FILL_BGR
     picture = bgr.round().astype(np.uint8)
-    outlines, _ = cv2.findContours(
-        inside.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE
-    )
+    outlines, _ = cv2.findContours(inside.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(picture, outlines, -1, OUTLINE_BGR, 1)
     tile = np.full((CAPTION + TILE, TILE, 3), 255, np.uint8)
     top, left = CAPTION + (TILE - picture.shape[0]) // 2, (TILE - picture.shape[1]) // 2
