@@ -319,14 +319,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cli() -> None:
-    """Entry point of the `predict` console command: main(), then, once every output is in
-    place, exit without the interpreter's teardown."""
-    main()
-    # tearing down TensorFlow's modules and thread pools took 1.2 s of a ~12 s command here;
-    # the outputs are closed and moved in and nothing else of the process is left to save
+    """Entry point of the `predict` console command: main(), then exit at once, without the
+    interpreter's teardown and without waiting for a model loader an error or SIGTERM cut short
+    (outputs and temporary folders are settled by then: written and moved in, or removed)."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:  # run_cli's exits: 1 bad input, 130 SIGINT, 143 SIGTERM, 2 usage
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    # tearing down TensorFlow's modules and thread pools took 1.2 s of a ~12 s command here, and
+    # an error while TensorFlow was still importing waited for that import to finish
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
 import pytest
 import yaml
 
@@ -88,3 +90,15 @@ def committed_project(repo: Path, params: dict[str, Any]) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny params"], repo)
     return repo
+
+
+def model_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a saved Keras HDF5 model, by its path in the file."""
+    found: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                found.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+    return found

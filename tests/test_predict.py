@@ -1,6 +1,10 @@
 """The `predict` command: every input format, the mask in the input's own geometry, the summary,
 and one-line errors that leave no output behind."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -334,3 +338,40 @@ def test_a_registry_model_is_fetched_with_its_config_by_either_name() -> None:
     assert stored_config_name(both) == MODEL_CONFIG_NAME
     assert stored_config_name({MODEL_FILE, CONFIG_NAME}) == CONFIG_NAME  # an older version
     assert stored_config_name({MODEL_FILE, "MLmodel"}) is None
+
+
+def run_command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The console command (sarcoma_seg.predict's cli) in a fresh interpreter, this checkout's
+    code."""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "sarcoma_seg.predict", *args, "--no-progress"]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_console_command_prints_the_summary_and_writes_everything(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    nib.save(nib.Nifti1Image(phantom_hu().transpose(2, 1, 0), np.eye(4)), tmp_path / "ct.nii.gz")
+    done = run_command(["ct.nii.gz", "--model", str(model_dir), "--out", "out"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = done.stdout.splitlines()  # flushed before the command's quick exit
+    assert json.loads(line)["shape"] == [6, 40, 48]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "mask.nii.gz",
+        "overlay.png",
+        "summary.json",
+    ]
+
+
+def test_console_command_fails_on_a_bad_scan_while_its_model_loads(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    nib.save(nib.Nifti1Image(phantom_hu().transpose(2, 1, 0), np.eye(4)), tmp_path / "ct.nii.gz")
+    whole = (tmp_path / "ct.nii.gz").read_bytes()
+    (tmp_path / "ct.nii.gz").write_bytes(whole[: len(whole) // 2])  # header fine, data cut
+    done = run_command(["ct.nii.gz", "--model", str(model_dir), "--out", "out"], tmp_path)
+    assert done.returncode == 1 and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "ct.nii.gz" in errors[0], done.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out-*"))  # no staging folder left behind

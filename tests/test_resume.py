@@ -9,7 +9,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import h5py
 import mlflow
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from sarcoma_seg.checkpoint import checkpointed_epochs, open_checkpoint
 from sarcoma_seg.dataset import SliceSet
 from sarcoma_seg.pipeline_input import train_batches
 from sarcoma_seg.transforms import build_augmentation
-from tests.conftest import committed_project, ran, run, tiny_params
+from tests.conftest import committed_project, model_arrays, ran, run, tiny_params
 
 
 def resume_params() -> dict:
@@ -30,22 +29,10 @@ def resume_params() -> dict:
     return params
 
 
-def weights(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a saved Keras HDF5 model, by its path in the file."""
-    found: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: (
-                found.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None
-            )
-        )
-    return found
-
-
 def outputs(repo: Path) -> dict[str, object]:
     """What the train and evaluate stages wrote (model weights, metrics, history)."""
     return {
-        "weights": weights(repo / "data" / "model" / "model.h5"),
+        "weights": model_arrays(repo / "data" / "model" / "model.h5"),
         "train": (repo / "metrics" / "train.json").read_text(),
         "history": (repo / "plots" / "history.csv").read_text(),
         "evaluate": (repo / "metrics" / "evaluate.json").read_text(),
