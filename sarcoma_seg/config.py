@@ -227,6 +227,7 @@ INFERENCE = {
     "postprocess": one_of(*POSTPROCESS_NAMES),
     "tta_flip": flag(),
     "z_sigma": number(0, 10),  # slices; 0: off
+    "review_below": number(0, 1, nullable=True),  # confidence below which a scan needs review
 }
 EVALUATE = {"figure_slices": integer(1, MAX_FIGURE_SLICES)}
 PARAMS = {

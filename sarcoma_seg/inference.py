@@ -25,6 +25,9 @@ INFERENCE_PIXELS = 16 * 96 * 96  # pixels per model call (see inference_batch_si
 # what models stored before these inference keys existed did: no postprocessing, no flip, no
 # smoothing (new models store every key, from params.yaml)
 OLDER_MODEL_INFERENCE = {"postprocess": "none", "tta_flip": False, "z_sigma": 0.0}
+# commitment(): the "suspected" region is where the probability reaches this share of the
+# threshold; a firm prediction has sharp edges, so its committed and suspected regions match
+REVIEW_FLOOR = 0.25
 Predictor = Callable[[np.ndarray], np.ndarray]  # a float32 batch -> the model's output
 
 
@@ -65,6 +68,7 @@ def check_inference(inference: dict[str, Any]) -> dict[str, Any]:
         "postprocess": filled["postprocess"],
         "tta_flip": filled["tta_flip"],
         "z_sigma": float(filled["z_sigma"]),
+        "review_below": filled.get("review_below"),
     }
 
 
@@ -254,7 +258,7 @@ def segment_volume(
     """(slices, rows, cols) HU (and PET on that grid, if the model reads it) -> uint8 tumour
     mask on the same grid; progress(n) is called after every n slices."""
     images = pre.volume(ct, pet)
-    return segment_images(model, pre, images, ct.shape[1:], inference, batch_size, progress)
+    return segment_images(model, pre, images, ct.shape[1:], inference, batch_size, progress).mask
 
 
 def segment_images(
@@ -266,12 +270,59 @@ def segment_images(
     batch_size: int | None = None,
     progress: Callable[[int], Any] | None = None,
     predictor: Predictor | None = None,
-) -> np.ndarray:
+) -> "Segmentation":
     """segment_volume from its model-ready slices pre.volume(ct, pet) (predict prepares them
-    while the model loads) onto the (rows, cols) grid of the CT."""
+    while the model loads) onto the (rows, cols) grid of the CT, with the model's confidence."""
     tta = inference.tta_flip
     probs = volume_probabilities(model, images, tta, batch_size, progress, predictor)
-    return probabilities_to_mask(probs, pre, shape, inference)
+    return reviewed_segmentation(probs, pre, shape, inference)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A mask, how firmly the model committed to it (0-1) and whether a person should look."""
+
+    mask: np.ndarray
+    confidence: float
+    needs_review: bool | None  # None: the model carries no review rule (inference.review_below)
+
+
+def commitment(probs: np.ndarray, threshold: float) -> float:
+    """Model-grid probabilities (after slice smoothing) -> confidence in [0, 1]: the voxels at or
+    above the threshold over those at or above REVIEW_FLOOR of it, the region the model
+    half-suspects; 0 when nothing reaches the threshold (a sarcoma scan without a tumour)."""
+    committed = int(np.count_nonzero(probs >= threshold))
+    suspected = int(np.count_nonzero(probs >= threshold * REVIEW_FLOOR))
+    return committed / suspected if committed else 0.0
+
+
+def needs_review(confidence: float, inference: Inference) -> bool | None:
+    """The model's review rule: confidence below inference.review_below (None: no rule)."""
+    if inference.review_below is None:
+        return None
+    return confidence < inference.review_below
+
+
+def reviewed_segmentation(
+    probs: np.ndarray, pre: Preprocessing, shape: tuple[int, int], inference: Inference
+) -> Segmentation:
+    """Model-grid probabilities -> the mask on the (rows, cols) slice grid with its confidence."""
+    confidence = round(
+        commitment(smooth_across_slices(probs, inference.z_sigma), inference.threshold), 6
+    )
+    mask = probabilities_to_mask(probs, pre, shape, inference)
+    return Segmentation(mask, confidence, needs_review(confidence, inference))
+
+
+def segment_reviewed(
+    model: Any,
+    pre: Preprocessing,
+    ct: np.ndarray,
+    inference: Inference,
+    pet: np.ndarray | None = None,
+) -> Segmentation:
+    """segment_volume with the model's confidence and review flag."""
+    return segment_images(model, pre, pre.volume(ct, pet), ct.shape[1:], inference)
 
 
 def probabilities_to_mask(

@@ -26,6 +26,7 @@ from sarcoma_seg.inference import (
     MODEL_CONFIG_NAME,
     MODEL_FILE,
     Predictor,
+    Segmentation,
     inference_batch_size,
     model_config_path,
     read_model_config,
@@ -190,8 +191,8 @@ def open_model(model_uri: str, scratch: Path, batch_size: int | None) -> OpenMod
     return OpenModel(model_uri, pre, inference, size, loader, started)
 
 
-def segment(model: OpenModel, scan: Scan, progress: bool) -> np.ndarray:
-    """The scan's mask, once the model is loaded (the steps and batches of
+def segment(model: OpenModel, scan: Scan, progress: bool) -> Segmentation:
+    """The scan's mask and the model's confidence, once the model is loaded (the steps and batches of
     inference.segment_volume, so the same mask as evaluate's)."""
     from tqdm import tqdm
 
@@ -235,12 +236,14 @@ def write_outputs(
 def predict_opened(model: OpenModel, scan: Scan, out: Path, progress: bool) -> dict[str, Any]:
     """Segment one scan with an opened model and write mask, overlay and summary into out."""
     try:
-        mask = segment(model, scan, progress)
+        found = segment(model, scan, progress)
     except BaseException:
         model.cancel()
         raise
+    mask = found.mask
     summary = {"input": scan.name, "model": model.uri, "shape": list(scan.ct.shape)}
     summary |= {"spacing_mm": list(scan.spacing), **lesion_summary(mask, scan.spacing)}
+    summary |= {"confidence": found.confidence, "needs_review": found.needs_review}
     summary["seconds"] = round(time.perf_counter() - model.started, 3)
     write_outputs(scan, mask, model.pre, summary, out)
     return summary

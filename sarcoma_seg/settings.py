@@ -125,6 +125,7 @@ class Inference:
     postprocess: str
     tta_flip: bool
     z_sigma: float
+    review_below: float | None = None  # None: the model carries no review rule (older models)
 
 
 @dataclass(frozen=True)

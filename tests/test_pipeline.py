@@ -80,9 +80,11 @@ def test_mlflow_run_holds_everything_and_the_model_reloads(repo: Path) -> None:
     client = mlflow.MlflowClient()
     artifacts = {
         a.path
-        for folder in ("plots", "evaluation", "data")
+        for folder in ("plots", "evaluation", "data", "evaluation/patients")
         for a in client.list_artifacts(latest.info.run_id, folder)
     }
+    test_ids = json.loads((repo / "data" / "split.json").read_text())["test"]
+    assert {f"evaluation/patients/{p}.png" for p in test_ids} <= artifacts
     assert {
         "plots/loss.png",
         "plots/iou_score.png",

@@ -166,6 +166,7 @@ def test_predict_nifti_writes_mask_overlay_and_summary(
     summary = __import__("json").loads((out / "summary.json").read_text())
     assert summary["shape"] == [6, 40, 48] and summary["spacing_mm"] == pytest.approx([3, 0.9, 0.9])
     assert {"tumour_volume_cm3", "lesions", "slice_range", "seconds"} <= set(summary)
+    assert 0 <= summary["confidence"] <= 1 and summary["needs_review"] in (True, False, None)
     assert Image.open(out / "overlay.png").size[0] > 100
 
 
