@@ -229,7 +229,10 @@ INFERENCE = {
     "z_sigma": number(0, 10),  # slices; 0: off
     "review_below": number(0, 1, nullable=True),  # confidence below which a scan needs review
 }
-EVALUATE = {"figure_slices": integer(1, MAX_FIGURE_SLICES)}
+EVALUATE = {
+    "figure_slices": integer(1, MAX_FIGURE_SLICES),
+    "engine": one_of(None, "onnx", "tensorflow"),  # model_folder.ENGINES; null: onnx if present
+}
 PARAMS = {
     "paths": PATHS,
     "base": BASE,
@@ -264,6 +267,7 @@ MODEL_CONFIG = {
                 "channels": integer(1, MAX_MODEL_CHANNELS),
                 "members": integer(1, MAX_ENSEMBLE),
                 "weights_sha256": text(),
+                "onnx_sha256": optional(text(nullable=True)),
             }
         )
     ),

@@ -13,3 +13,8 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def bytes_sha256(data: bytes) -> str:
+    """Hex SHA-256 of bytes already in memory (a file read once to be hashed and parsed)."""
+    return hashlib.sha256(data).hexdigest()

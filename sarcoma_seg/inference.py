@@ -46,6 +46,7 @@ class ModelSection:
     channels: int
     members: int
     weights_sha256: str
+    onnx_sha256: str | None = None  # model.onnx's hash; None: a model trained before the export
 
 
 @dataclass(frozen=True)
@@ -254,11 +255,16 @@ def segment_volume(
     pet: np.ndarray | None = None,
     batch_size: int | None = None,
     progress: Callable[[int], Any] | None = None,
+    predictor: Predictor | None = None,
 ) -> np.ndarray:
     """(slices, rows, cols) HU (and PET on that grid, if the model reads it) -> uint8 tumour
-    mask on the same grid; progress(n) is called after every n slices."""
+    mask on the same grid; progress(n) is called after every n slices; predictor: see
+    predict_batch."""
     images = pre.volume(ct, pet)
-    return segment_images(model, pre, images, ct.shape[1:], inference, batch_size, progress).mask
+    shape = ct.shape[1:]
+    return segment_images(
+        model, pre, images, shape, inference, batch_size, progress, predictor
+    ).mask
 
 
 def segment_images(
@@ -320,9 +326,12 @@ def segment_reviewed(
     ct: np.ndarray,
     inference: Inference,
     pet: np.ndarray | None = None,
+    predictor: Predictor | None = None,
 ) -> Segmentation:
-    """segment_volume with the model's confidence and review flag."""
-    return segment_images(model, pre, pre.volume(ct, pet), ct.shape[1:], inference)
+    """segment_volume with the model's confidence and review flag; predictor: the network as a
+    batch -> probabilities function (model_folder.OpenedModel.predictor), model then unused."""
+    images = pre.volume(ct, pet)
+    return segment_images(model, pre, images, ct.shape[1:], inference, predictor=predictor)
 
 
 def probabilities_to_mask(

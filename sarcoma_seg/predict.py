@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,12 @@ from sarcoma_seg.inference import (
     Segmentation,
     inference_batch_size,
     model_config_path,
-    read_model_config,
-    require_inference,
     segment_images,
     stored_config_name,
     traced_predictor,
 )
 from sarcoma_seg.lesions import components
+from sarcoma_seg.onnx_model import ONNX_FILE
 from sarcoma_seg.scans import Scan, read_scan, reader_name, scan_stem
 from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
@@ -48,9 +48,10 @@ MONTAGE_SLICES = 12  # tumour slices shown in the overlay, evenly spread over th
 
 
 def fetch_model_files(uri: str, scratch: Path) -> Path:
-    """Download only model.h5 and the stored config (model_config.json, or an older model's
-    preprocessing.json) of an MLflow model into scratch: never the pickled pyfunc wrapper or its
-    bundled code, which mlflow.pyfunc.load_model would execute."""
+    """Download only model.h5, model.onnx (where logged) and the stored config
+    (model_config.json, or an older model's preprocessing.json) of an MLflow model into scratch:
+    never the pickled pyfunc wrapper or its bundled code, which mlflow.pyfunc.load_model would
+    execute."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -67,7 +68,8 @@ def fetch_model_files(uri: str, scratch: Path) -> Path:
             if MODEL_FILE in names and config is not None:
                 local = [
                     Path(repo.download_artifacts(f"{prefix}/{name}".lstrip("/"), str(scratch)))
-                    for name in (MODEL_FILE, config)
+                    for name in (MODEL_FILE, config, ONNX_FILE)
+                    if name in names
                 ]
                 return local[0].parent  # where the repository put them, both in one folder
     except (MlflowException, OSError) as exc:
@@ -169,31 +171,52 @@ class OpenModel:
     pre: Preprocessing
     inference: Inference
     batch_size: int  # slices per model call
-    loader: ModelLoader
+    loader: "ModelLoader | ReadyLoader"
     started: float  # time.perf_counter() when loading began
+    engine: str = "tensorflow"  # model_folder.ENGINES
 
     def cancel(self) -> None:
         """The command failed: let the loader stop after its current step."""
         self.loader.cancelled.set()
 
 
-def open_model(model_uri: str, scratch: Path, batch_size: int | None) -> OpenModel:
-    """Read a model's settings (its folder fetched first for an MLflow URI; no TensorFlow) and
-    start loading its U-Net in the background."""
+class ReadyLoader:
+    """A model already loaded (the ONNX engine: no TensorFlow, loaded in ~0.1 s), with the
+    interface of ModelLoader."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.cancelled = threading.Event()
+        self.predictor = predictor
+
+    def result(self) -> tuple[Any, Predictor]:
+        """(no Keras model, the ONNX Runtime predictor)."""
+        return None, self.predictor
+
+
+def open_model(
+    model_uri: str, scratch: Path, batch_size: int | None, engine: str | None = None
+) -> OpenModel:
+    """Read a model's settings (its folder fetched first for an MLflow URI) and load it: with
+    ONNX Runtime at once, with TensorFlow in the background while the scan is read."""
+    from sarcoma_seg.model_folder import engine_for, open_engine, read_folder_config
+
     started = time.perf_counter()
     folder = model_folder(model_uri, scratch)
-    where = model_config_path(folder)
-    stored = read_model_config(where)
-    pre, inference = stored.preprocessing, require_inference(where, stored)
+    found = read_folder_config(folder)
+    pre, inference = found.pre, found.inference
     size = batch_size or inference_batch_size(pre.image_size)
-    loader = ModelLoader(folder, (size, pre.image_size, pre.image_size, pre.input_channels))
-    loader.start()
-    return OpenModel(model_uri, pre, inference, size, loader, started)
+    chosen = engine_for(found, engine)
+    if chosen == "onnx":
+        loader: ModelLoader | ReadyLoader = ReadyLoader(open_engine(found, chosen).predictor)
+    else:
+        loader = ModelLoader(folder, (size, pre.image_size, pre.image_size, pre.input_channels))
+        loader.start()
+    return OpenModel(model_uri, pre, inference, size, loader, started, chosen)
 
 
 def segment(model: OpenModel, scan: Scan, progress: bool) -> Segmentation:
-    """The scan's mask and the model's confidence, once the model is loaded (the steps and batches of
-    inference.segment_volume, so the same mask as evaluate's)."""
+    """The scan's mask and the model's confidence, once the model is loaded (the steps and
+    batches of inference.segment_volume, so the same mask as evaluate's)."""
     from tqdm import tqdm
 
     check_compatible(scan, model.pre)
@@ -233,18 +256,28 @@ def write_outputs(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def predict_opened(model: OpenModel, scan: Scan, out: Path, progress: bool) -> dict[str, Any]:
-    """Segment one scan with an opened model and write mask, overlay and summary into out."""
+def predict_opened(
+    model: OpenModel,
+    scan: Scan,
+    out: Path,
+    progress: bool,
+    finish: Callable[[dict[str, Any], np.ndarray], None] | None = None,
+) -> dict[str, Any]:
+    """Segment one scan with an opened model and write mask, overlay and summary into out;
+    finish(summary, mask) adds to the summary before it is written (the cohort's Dice)."""
     try:
         found = segment(model, scan, progress)
     except BaseException:
         model.cancel()
         raise
     mask = found.mask
-    summary = {"input": scan.name, "model": model.uri, "shape": list(scan.ct.shape)}
+    summary = {"input": scan.name, "model": model.uri, "engine": model.engine}
+    summary["shape"] = list(scan.ct.shape)
     summary |= {"spacing_mm": list(scan.spacing), **lesion_summary(mask, scan.spacing)}
     summary |= {"confidence": found.confidence, "needs_review": found.needs_review}
     summary["seconds"] = round(time.perf_counter() - model.started, 3)
+    if finish is not None:
+        finish(summary, mask)
     write_outputs(scan, mask, model.pre, summary, out)
     return summary
 
@@ -261,7 +294,18 @@ def predict_scan(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line of `predict`."""
     parser = argparse.ArgumentParser(prog="predict", description=__doc__.splitlines()[0])
-    parser.add_argument("input", type=Path, help="NIfTI file, DICOM folder, HDF5 file or PNG")
+    parser.add_argument(
+        "input", type=Path, nargs="?", help="NIfTI file, DICOM folder, HDF5 file or PNG"
+    )
+    parser.add_argument(
+        "--cohort",
+        type=Path,
+        help="a folder of patients instead of one input: NIfTI patient folders or imagesTr, or a "
+        "DICOM tree; one model load, DIR/<patient>/ each, DIR/cohort.csv",
+    )
+    parser.add_argument(
+        "--roi", default="GTV", help="--cohort of DICOM: regex of the RTSTRUCT truth ROI (Dice)"
+    )
     parser.add_argument(
         "--model", required=True, help="model folder (data/model), runs:/<id>/model or models:/N/V"
     )
@@ -273,8 +317,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, help="slices per model call (default: by image size, 16 at 96 px)"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("onnx", "tensorflow"),
+        help="onnx (ONNX Runtime, no TensorFlow; the default where the model has model.onnx) or "
+        "tensorflow (model.h5)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.input is None) == (args.cohort is None):
+        parser.error("give one input, or --cohort FOLDER")
+    return args
 
 
 def check_out(out: Path) -> None:
@@ -291,16 +344,40 @@ def check_batch_size(batch_size: int | None) -> None:
         )
 
 
+def run_cohort_command(args: argparse.Namespace) -> None:
+    """--cohort: one model load, every patient into out/<patient>/, out/cohort.csv; exit 1 at
+    the end naming the patients skipped."""
+    from sarcoma_seg.cohort import COHORT_TABLE, run_cohort
+
+    out = args.out or Path("predictions") / args.cohort.name
+    check_out(out)
+    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
+        model = open_model(args.model, Path(scratch), args.batch_size, args.engine)
+
+        def segment(scan: Scan, target: Path, finish: Callable) -> dict[str, Any]:
+            """predict's one-scan path, timed per patient (not from the model load)."""
+            model.started = time.perf_counter()
+            return predict_opened(model, scan, target, False, finish)
+
+        skipped = run_cohort(args.cohort, out, args.roi, segment, not args.no_progress)
+    print(json.dumps({"cohort": str(args.cohort), "table": str(out / COHORT_TABLE)}))
+    if skipped:
+        raise SarcomaSegError(f"{len(skipped)} patient(s) skipped: {', '.join(skipped)}")
+
+
 def run(args: argparse.Namespace) -> None:
     """Check the arguments, start loading the model, read the scan meanwhile, segment it and
     print the summary, the only line on stdout."""
     check_batch_size(args.batch_size)
+    if args.cohort is not None:
+        run_cohort_command(args)
+        return
     out = args.out or Path("predictions") / scan_stem(args.input, args.patient)
     check_out(out)
     reader_name(args.input)  # a missing or unknown input: refused before anything slow starts
     with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
         try:
-            model = open_model(args.model, Path(scratch), args.batch_size)
+            model = open_model(args.model, Path(scratch), args.batch_size, args.engine)
         except SarcomaSegError:
             read_scan(args.input, args.patient, args.pet)  # a bad input is named first, as ever
             raise

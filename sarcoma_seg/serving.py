@@ -9,32 +9,30 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.inference import (
-    MODEL_CONFIG_NAME,
-    MODEL_FILE,
-    read_model_config,
-    require_inference,
-    segment_volume,
-)
+from sarcoma_seg.inference import MODEL_CONFIG_NAME, MODEL_FILE, read_model_config, segment_volume
+from sarcoma_seg.onnx_model import ONNX_FILE
 from sarcoma_seg.transforms import Preprocessing
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_ARTIFACT = "model_config"  # the pyfunc's artifact key of model_config.json
 OLDER_CONFIG_ARTIFACT = "preprocessing"  # what models logged before model_config.json used
+ONNX_ARTIFACT = "onnx_model"  # model.onnx, beside the weights in the artifacts folder
 
 
 class UnetSegmenter(mlflow.pyfunc.PythonModel):
     """Wraps the Keras U-Net with the exact preprocessing it was trained with."""
 
     def load_context(self, context: Any) -> None:
-        """The stored config, and the U-Net rebuilt from our code with only its weights read
-        from the artifact (checked first: model.load_unet)."""
-        from sarcoma_seg.model import load_unet
+        """The stored config, and the network through the model folder's one door: ONNX Runtime
+        where the model was logged with model.onnx (checked as data: onnx_model.load_onnx), else
+        the U-Net rebuilt from our code with only its weights read (model.load_unet)."""
+        from sarcoma_seg.model_folder import open_model_folder
 
         config = Path(context.artifacts[config_artifact(context.artifacts)])
-        stored = read_model_config(config)
-        self.pre, self.inference = stored.preprocessing, require_inference(config, stored)
-        self.model = load_unet(Path(context.artifacts["keras_model"]).parent, config)
+        folder = Path(context.artifacts["keras_model"]).parent
+        opened = open_model_folder(folder, None, config)
+        self.pre, self.inference = opened.stored.pre, opened.stored.inference
+        self.predictor, self.engine = opened.predictor, opened.engine
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
         """(N, rows, cols) or (rows, cols) HU -> uint8 masks of the same shape; a model that
@@ -49,7 +47,7 @@ class UnetSegmenter(mlflow.pyfunc.PythonModel):
         single = hu.ndim == 2
         if single:
             hu, pet = hu[None], None if pet is None else pet[None]
-        masks = segment_volume(self.model, self.pre, hu, self.inference, pet)
+        masks = segment_volume(None, self.pre, hu, self.inference, pet, predictor=self.predictor)
         return masks[0] if single else masks
 
 
@@ -91,7 +89,7 @@ def log_pyfunc(folder: Path, registered_model: str | None = None) -> Any:
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=UnetSegmenter(),
-        artifacts={"keras_model": str(folder / MODEL_FILE), CONFIG_ARTIFACT: str(config_path)},
+        artifacts=model_artifacts(folder, config_path),
         code_paths=[str(PACKAGE_DIR)],
         # explicit requirements: MLflow's inference would load the model in a subprocess
         pip_requirements=_requirements(),
@@ -101,9 +99,18 @@ def log_pyfunc(folder: Path, registered_model: str | None = None) -> Any:
     )
 
 
+def model_artifacts(folder: Path, config_path: Path) -> dict[str, str]:
+    """The pyfunc's artifacts: weights, config and, where exported, model.onnx (one folder)."""
+    artifacts = {"keras_model": str(folder / MODEL_FILE), CONFIG_ARTIFACT: str(config_path)}
+    if (folder / ONNX_FILE).is_file():
+        artifacts[ONNX_ARTIFACT] = str(folder / ONNX_FILE)
+    return artifacts
+
+
 def _requirements() -> list[str]:
     """Pinned runtime requirements of the served model."""
     from importlib.metadata import version
 
     names = ["tensorflow", "tf-keras", "segmentation-models", "opencv-python-headless", "numpy"]
+    names += ["onnx", "onnxruntime"]
     return [f"{n}=={version(n)}" for n in names] + ["mlflow"]

@@ -133,6 +133,7 @@ class Evaluate:
     """evaluate: the evaluation figure."""
 
     figure_slices: int
+    engine: str | None = None  # None: ONNX Runtime where the model folder holds model.onnx
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ history and the metrics while tracking it all in MLflow. The train stage is its 
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from sarcoma_seg.model import (
     seed_everything,
     validation_dice,
 )
+from sarcoma_seg.onnx_model import ONNX_FILE, export_onnx
 from sarcoma_seg.params import check_image_size
 from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
@@ -255,9 +257,12 @@ def check_settings(settings: Settings) -> None:
 def write_model(
     folder: Path, model: tf.keras.Model, pre: Preprocessing, settings: Settings, run: Any
 ) -> ModelSection:
-    """The model folder's files: weights, model_config.json (preprocessing, inference and the
-    architecture, so that evaluate, the MLflow model and predict agree) and the MLflow run id."""
+    """The model folder's files: weights, the same network as ONNX, model_config.json
+    (preprocessing, inference and the architecture, so that evaluate, the MLflow model and
+    predict agree) and the MLflow run id."""
     section = save_unet(model, folder / MODEL_FILE, settings.train.backbone)
+    # ONNX beside the weights: predict and evaluate run it without TensorFlow (issue 28)
+    section = replace(section, onnx_sha256=export_onnx(model, folder / ONNX_FILE))
     write_model_config(folder / MODEL_CONFIG_NAME, ModelConfig(pre, settings.inference, section))
     tracking.write_run_info(folder / "mlflow_run.json", run)
     return section

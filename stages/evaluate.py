@@ -8,13 +8,8 @@ import mlflow
 
 from sarcoma_seg import tracking
 from sarcoma_seg.errors import run_cli
-from sarcoma_seg.inference import (
-    model_config_path,
-    read_model_config,
-    require_inference,
-    segment_reviewed,
-)
-from sarcoma_seg.model import load_unet
+from sarcoma_seg.inference import segment_reviewed
+from sarcoma_seg.model_folder import open_model_folder
 from sarcoma_seg.plots import patient_figure, prediction_figure
 from sarcoma_seg.scoring import figure_slices, score, uptake_groups, write_table
 from sarcoma_seg.settings import load_settings
@@ -25,13 +20,12 @@ def main() -> None:
     """Predict every test patient, write metrics, table and figure, log them to the run."""
     settings = load_settings()
     paths = settings.paths
-    where = model_config_path(paths.model)
-    config = read_model_config(where)
-    pre, inference = config.preprocessing, require_inference(where, config)
-    model = load_unet(paths.model)
+    opened = open_model_folder(paths.model, settings.evaluate.engine)
+    pre, inference = opened.stored.pre, opened.stored.inference
     test_ids = json.loads(paths.split.read_text())["test"]
     volumes = load_volumes(paths.raw, test_ids)
-    found = [segment_reviewed(model, pre, v.ct, inference, v.pet) for v in volumes]
+    run = opened.predictor
+    found = [segment_reviewed(None, pre, v.ct, inference, v.pet, run) for v in volumes]
     preds = [f.mask for f in found]
     rows, summary = score(
         volumes, preds, [f.confidence for f in found], [f.needs_review for f in found]
@@ -61,6 +55,7 @@ def main() -> None:
     tracking.use_experiment(settings.train.mlflow_experiment)
     with mlflow.start_run(run_id=tracking.read_run_id(paths.model / "mlflow_run.json")):
         mlflow.log_metrics({f"test_{k}": v for k, v in summary.items()})
+        mlflow.set_tag("evaluate.engine", opened.engine)
         mlflow.log_artifact(str(paths.metrics / "per_patient.csv"), artifact_path="evaluation")
         mlflow.log_artifact(str(paths.figures / "predictions.png"), artifact_path="evaluation")
         for v in volumes:  # one figure per test patient: why a tumour was missed

@@ -27,7 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_
 
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.io.common import Scan, one_line, where_of
-from sarcoma_seg.io.grid import canonical_volume, pet_onto_grid
+from sarcoma_seg.io.grid import canonical_volume, internal_axes, pet_onto_grid
 from sarcoma_seg.io.nifti import canonical_scan
 from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume
 
@@ -608,6 +608,44 @@ def read_dicom(folder: Path, roi: str) -> tuple[list[Volume], list[Path]]:
         volumes.append(volume)
         files.extend(used)
     return volumes, sorted(files)
+
+
+# --- predict --cohort: every patient of a tree, each as predict reads one ------------------
+
+
+def series_folder(series: Series) -> Path:
+    """The one folder that holds a series' files (predict reads a series as a folder)."""
+    folders = sorted({path.parent for path in series.files})
+    if len(folders) != 1:
+        raise SarcomaSegError(
+            f"{where_of(series.files[0], series.patient_id)}: series {series.uid} spreads over "
+            f"{len(folders)} folders; predict reads a series from one folder"
+        )
+    return folders[0]
+
+
+def cohort_inputs(folder: Path, patient: DicomPatient) -> tuple[Path, Path | None]:
+    """(CT series folder, PET series folder or None) of one patient of a tree."""
+    pid = patient.patient_id
+    ct = _only(patient.ct, "CT", pid, folder)
+    if ct is None:
+        first = patient.structures[0][0] if patient.structures else patient.pet[0].files[0]
+        raise SarcomaSegError(f"{where_of(first, pid)}: no CT series for this patient")
+    pet = _only(patient.pet, "PET", pid, folder)
+    return series_folder(ct), series_folder(pet) if pet else None
+
+
+def cohort_truth(folder: Path, patient: DicomPatient, roi: str) -> np.ndarray | None:
+    """A patient's RTSTRUCT ROI (data.roi's rule) as a mask on the internal canonical grid, or
+    None where the patient has no RTSTRUCT."""
+    if not patient.structures:
+        return None
+    ct = _only(patient.ct, "CT", patient.patient_id, folder)
+    grid = grid_of(ct)
+    rs_path, contours, _ = choose_roi(structures_for(grid, patient.structures), roi, ct.patient_id)
+    mask = rasterise(grid, contours, where_of(rs_path, ct.patient_id))
+    raw, _ = to_canonical(mask, grid.affine)
+    return internal_axes(raw > 0).astype(np.uint8)
 
 
 # --- predict: one CT series in, an RTSTRUCT out ---------------------------------------------

@@ -53,7 +53,7 @@ class NiftiCase:
 
     patient_id: str
     ct: Path
-    mask: Path
+    mask: Path | None  # None only where masks are optional (predict --cohort)
     pet: Path | None
 
 
@@ -73,8 +73,9 @@ def _one_nifti(folder: Path, stem: str, patient_id: str) -> Path | None:
     return found[0] if found else None
 
 
-def _ibsi_cases(folder: Path) -> list[NiftiCase]:
-    """Layout (a): <PATIENT>/CT_image.nii.gz + CT_mask.nii.gz (+ PET_image.nii.gz)."""
+def _ibsi_cases(folder: Path, masks: bool = True) -> list[NiftiCase]:
+    """Layout (a): <PATIENT>/CT_image.nii.gz + CT_mask.nii.gz (+ PET_image.nii.gz); masks
+    False: the mask may be absent (a cohort to segment)."""
     cases = []
     for sub in (p for p in visible_entries(folder) if p.is_dir()):
         pid = sub.name
@@ -83,7 +84,7 @@ def _ibsi_cases(folder: Path) -> list[NiftiCase]:
             continue  # not a patient folder (e.g. imagesTr of the other layout)
         if ct is None:
             raise SarcomaSegError(f"{where_of(mask or pet, pid)}: no {IBSI_CT}.nii.gz beside it")
-        if mask is None:
+        if mask is None and masks:
             raise SarcomaSegError(f"{where_of(ct, pid)}: no {IBSI_MASK}.nii.gz beside it")
         cases.append(NiftiCase(pid, ct, mask, pet))
     return cases
@@ -120,18 +121,20 @@ def _nnunet_files(folder: Path, with_channel: bool) -> dict[str, dict[int, Path]
     return found
 
 
-def _nnunet_cases(folder: Path) -> list[NiftiCase]:
-    """Layout (b): imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz; <case> is the patient."""
+def _nnunet_cases(folder: Path, masks: bool = True) -> list[NiftiCase]:
+    """Layout (b): imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz; <case> is the patient
+    (masks False: labelsTr may be absent or incomplete)."""
     images_dir, labels_dir = folder / NNUNET_IMAGES, folder / NNUNET_LABELS
     if not images_dir.is_dir() and not labels_dir.is_dir():
         return []
     for present, absent in ((images_dir, labels_dir), (labels_dir, images_dir)):
-        if not absent.is_dir():
+        if not absent.is_dir() and (masks or absent == images_dir):
             raise SarcomaSegError(f"{present}: no {absent.name} folder beside it")
-    images, labels = _nnunet_files(images_dir, True), _nnunet_files(labels_dir, False)
+    images = _nnunet_files(images_dir, True)
+    labels = _nnunet_files(labels_dir, False) if labels_dir.is_dir() else {}
     pet_channel = _pet_channel(folder / NNUNET_JSON)
     for case in sorted(set(images) | set(labels)):
-        if case not in labels:
+        if case not in labels and masks:
             first = next(iter(images[case].values()))
             raise SarcomaSegError(
                 f"{where_of(first, case)}: no label {case}.nii.gz in {labels_dir}"
@@ -142,7 +145,7 @@ def _nnunet_cases(folder: Path) -> list[NiftiCase]:
             first = next(iter(images[case].values()))
             raise SarcomaSegError(f"{where_of(first, case)}: no channel 0 image {case}_0000.nii.gz")
     return [
-        NiftiCase(case, images[case][0], labels[case][0], images[case].get(pet_channel))
+        NiftiCase(case, images[case][0], labels.get(case, {}).get(0), images[case].get(pet_channel))
         for case in sorted(images)
     ]
 
@@ -158,10 +161,11 @@ def _refuse_duplicate_patients(cases: list[NiftiCase]) -> None:
         seen[case.patient_id] = case.ct
 
 
-def _nifti_cases(folder: Path) -> list[NiftiCase]:
-    """All patients of a NIfTI folder in either layout (both may be present), by patient id."""
+def _nifti_cases(folder: Path, masks: bool = True) -> list[NiftiCase]:
+    """All patients of a NIfTI folder in either layout (both may be present), by patient id;
+    masks False: patients without a mask too."""
     folder = require_folder(folder)
-    cases = _ibsi_cases(folder) + _nnunet_cases(folder)
+    cases = _ibsi_cases(folder, masks) + _nnunet_cases(folder, masks)
     if not cases:
         raise SarcomaSegError(
             f"{folder}: no recognised NIfTI layout (expected <PATIENT>/{IBSI_CT}.nii.gz + "
@@ -297,6 +301,29 @@ def _read_case(folder: Path, case: NiftiCase) -> Volume:
     pet, covered = pet_coverage(case.pet, pid, ct.shape, ct_affine) if case.pet else (None, 1.0)
     provenance = f"{folder.resolve().name}/{case.ct.relative_to(folder).as_posix()}"
     return canonical_volume(pid, ct, raw, pet, covered, ct_affine, provenance)
+
+
+def cohort_cases(folder: Path) -> list[NiftiCase]:
+    """predict --cohort: every patient of a NIfTI folder in either layout, masks optional; []
+    where the folder has neither layout (a DICOM tree, say)."""
+    cases = _ibsi_cases(folder, masks=False) + _nnunet_cases(folder, masks=False)
+    _refuse_duplicate_patients(cases)
+    return sorted(cases, key=lambda c: c.patient_id)
+
+
+def read_truth(case: NiftiCase, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A cohort patient's truth mask on the internal canonical grid (None without one),
+    refused unless it has the CT's shape."""
+    if case.mask is None:
+        return None
+    raw, _ = _load_canonical(case.mask, case.patient_id, labels=True)
+    check_labels(raw, where_of(case.mask, case.patient_id))
+    truth = internal_axes(raw > 0).astype(np.uint8)
+    if truth.shape != tuple(shape):
+        raise SarcomaSegError(
+            f"{where_of(case.mask, case.patient_id)}: mask shape {truth.shape} != CT {shape}"
+        )
+    return truth
 
 
 def read_nifti(folder: Path) -> list[Volume]:
