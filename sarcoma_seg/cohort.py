@@ -5,6 +5,7 @@ patient folders or an nnU-Net imagesTr (masks optional), or a DICOM tree (RTSTRU
 
 import csv
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ def run_cohort(
             line = anticipated(exc)
             if line is None:
                 raise  # a bug, not bad input
-            tqdm.write(f"error: patient {case.patient_id}: {line}")
+            tqdm.write(f"error: patient {case.patient_id}: {line}", file=sys.stderr)
             skipped.append(case.patient_id)
     write_cohort_table(rows, out / COHORT_TABLE)
     return skipped
