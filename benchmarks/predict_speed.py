@@ -11,6 +11,9 @@ IBSI PETs have 3.9-4.7 mm) and is resampled onto the CT as in training; --pet-si
 --size gives a PET already on the CT grid.
 Prints the wall time of each of --repeat runs and the throughput in slices/s.
 
+--engines N: the real command with `--engine onnx` and `--engine tensorflow`, alternated, N runs
+each: medians, their ratio, each engine's split, the voxels where their masks differ.
+
 --whole: the real `predict` command in a fresh process instead, timed from launch to exit (wall
 and CPU seconds), then the same work split as the command does it: start-up (interpreter and the
 imports before TensorFlow), the model's settings, reading (the model loads in a thread beside it),
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentation-models)
 from sarcoma_seg.inference import MODEL_CONFIG_NAME, save_config  # noqa: E402
 from sarcoma_seg.model import MODEL_FILE, average_members, build_unet, save_unet  # noqa: E402
+from sarcoma_seg.onnx_model import ONNX_FILE, export_onnx  # noqa: E402
 from sarcoma_seg.predict import predict_scan  # noqa: E402
 from sarcoma_seg.scans import read_scan  # noqa: E402
 from sarcoma_seg.settings import load_settings  # noqa: E402
@@ -58,6 +62,7 @@ def default_model(folder: Path, pet: bool = True) -> Path:
     ]
     model = average_members(members, pre.input_channels)
     section = save_unet(model, folder / MODEL_FILE, tp.backbone)
+    section = replace(section, onnx_sha256=export_onnx(model, folder / ONNX_FILE))
     save_config(folder / MODEL_CONFIG_NAME, pre, settings.inference, section)
     return folder
 
@@ -93,10 +98,10 @@ from sarcoma_seg.predict import open_model, predict_opened, read_scan
 from sarcoma_seg import predict
 marks = {"start-up": time.time() - launched}
 t = time.perf_counter()
-model = open_model(sys.argv[2], Path(tempfile.mkdtemp()), None)
+model = open_model(sys.argv[2], Path(tempfile.mkdtemp()), None, sys.argv[3])
 marks["model settings"] = time.perf_counter() - t
 t = time.perf_counter()
-scan = read_scan(Path(sys.argv[3]), None, Path(sys.argv[4]) if len(sys.argv) > 4 else None)
+scan = read_scan(Path(sys.argv[4]), None, Path(sys.argv[5]) if len(sys.argv) > 5 else None)
 marks["reading (model loading beside it)"] = time.perf_counter() - t
 t = time.perf_counter()
 model.loader.result()
@@ -114,10 +119,13 @@ print(json.dumps(marks))
 """
 
 
-def whole_command(model: str, ct: Path, pet: Path | None, out: Path, env: dict) -> float:
+def whole_command(
+    model: str, ct: Path, pet: Path | None, out: Path, env: dict, engine: str | None = None
+) -> float:
     """Seconds from launching `predict` in a fresh interpreter to its exit; its CPU seconds
     (user + sys, all threads) are added to CPU_SECONDS."""
     cmd = [sys.executable, "-m", "sarcoma_seg.predict", str(ct), "--model", model]
+    cmd += ["--engine", engine] if engine else []
     cmd += ["--out", str(out), "--no-progress"] + (["--pet", str(pet)] if pet else [])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -133,9 +141,11 @@ def whole_command(model: str, ct: Path, pet: Path | None, out: Path, env: dict) 
 CPU_SECONDS: list[float] = []  # of each whole_command, in order
 
 
-def split_times(model: str, ct: Path, pet: Path | None, env: dict) -> dict[str, float]:
+def split_times(
+    model: str, ct: Path, pet: Path | None, env: dict, engine: str = "tensorflow"
+) -> dict[str, float]:
     """The same work in a fresh interpreter, timed phase by phase."""
-    cmd = [sys.executable, "-c", SPLIT, str(time.time()), model, str(ct)]
+    cmd = [sys.executable, "-c", SPLIT, str(time.time()), model, engine, str(ct)]
     cmd += [str(pet)] if pet else []
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
@@ -179,6 +189,33 @@ def whole(args: argparse.Namespace, work: Path, model: str, ct: Path, pet: Path 
         )
 
 
+def engines(args: argparse.Namespace, work: Path, model: str, ct: Path, pet: Path | None) -> None:
+    """Both engines' whole commands alternated (--engines N each), their medians and ratio,
+    each one's split, the voxels where their masks differ, and `predict --help`."""
+    env = dict(os.environ, PYTHONPATH=args.code)
+    walls: dict[str, list[float]] = {"onnx": [], "tensorflow": []}
+    for _ in range(args.engines):
+        for engine in walls:
+            walls[engine].append(whole_command(model, ct, pet, work / engine, env, engine))
+    median = {engine: float(np.median(times)) for engine, times in walls.items()}
+    for engine, times in walls.items():
+        runs = ", ".join(f"{t:.2f}" for t in times)
+        print(f"{engine}: median {median[engine]:.2f} s of {len(times)} runs ({runs})")
+    print(
+        f"onnx / tensorflow: {median['onnx'] / median['tensorflow']:.2f} (target <= 0.4); "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    masks = {e: np.asarray(nib.load(work / e / "mask.nii.gz").dataobj) for e in walls}
+    differing = int((masks["onnx"] != masks["tensorflow"]).sum())
+    print(f"voxels where the masks differ: {differing} of {masks['onnx'].size}")
+    for engine in walls:
+        split = split_times(model, ct, pet, env, engine)
+        print(f"split {engine}: " + ", ".join(f"{k} {v:.2f} s" for k, v in split.items()))
+    start = time.perf_counter()
+    subprocess.run(["predict", "--help"], capture_output=True, env=env, check=True)
+    print(f"predict --help: {time.perf_counter() - start:.2f} s")
+
+
 def main() -> None:
     """Segment the volume --repeat times and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -191,6 +228,9 @@ def main() -> None:
     parser.add_argument("--whole", action="store_true", help="the command, timed from launch")
     parser.add_argument("--registry", action="store_true", help="--whole with models:/ too")
     parser.add_argument(
+        "--engines", type=int, default=0, help="N: both engines' whole commands, N each, alternated"
+    )
+    parser.add_argument(
         "--code", default=str(ROOT), help="--whole: the checkout whose predict runs (before/after)"
     )
     args = parser.parse_args()
@@ -198,6 +238,8 @@ def main() -> None:
         work = Path(scratch)
         model = args.model or str(default_model((work / "model").resolve(), not args.no_pet))
         ct, pet = ct_volume(work, args.slices, args.size, args.pet_size)
+        if args.engines:
+            return engines(args, work, model, ct, None if args.no_pet else pet)
         if args.whole or args.registry:
             return whole(args, work, model, ct, None if args.no_pet else pet)
         times = []
