@@ -40,9 +40,14 @@ def checkpoint_key(settings: Settings, preprocessed: Path) -> str:
     for path in sorted(Path(preprocessed).iterdir()):
         if path.is_file():
             digest.update(f"{path.name}:{file_sha256(path)}".encode())
-    for path in sorted([*(CODE / "sarcoma_seg").glob("*.py"), CODE / "stages" / "train.py"]):
-        digest.update(f"{path.name}:{file_sha256(path)}".encode())
+    for path in code_files(CODE):
+        digest.update(f"{path.relative_to(CODE).as_posix()}:{file_sha256(path)}".encode())
     return digest.hexdigest()[:20]
+
+
+def code_files(root: Path) -> list[Path]:
+    """Every module of the package, subpackages (io/) included, and the train stage, sorted."""
+    return sorted([*(root / "sarcoma_seg").rglob("*.py"), root / "stages" / "train.py"])
 
 
 def _write_atomic(path: Path, write: Any) -> None:

@@ -85,7 +85,7 @@ def batch_sequence(
     augment is given (training), plain and in order otherwise (validation)."""
     import tensorflow as tf
 
-    class Batches(tf.keras.utils.Sequence):
+    class SliceSequence(tf.keras.utils.Sequence):
         def __init__(self) -> None:
             super().__init__()
             self.rng = np.random.default_rng(seed)
@@ -112,7 +112,7 @@ def batch_sequence(
             elif augment is not None:
                 self.rng.shuffle(self.order)  # reshuffle in place: the order results were made with
 
-    return Batches()
+    return SliceSequence()
 
 
 def slice_set(volumes: list[Volume], pre: Preprocessing) -> SliceSet:

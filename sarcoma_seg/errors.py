@@ -30,6 +30,12 @@ def choice(name: str, value: object, allowed: Iterable[object]) -> object:
     return value
 
 
+def one_line(exc: BaseException) -> str:
+    """A library's error text on one line (nibabel's and h5py's messages span several), or the
+    exception's type name where it has no text."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def anticipated(exc: BaseException) -> str | None:
     """The one line for a failure that bad or missing input causes, or None for a bug: our own
     errors, OS errors on files (h5py's damaged-file errors are OSErrors too) and broken JSON."""

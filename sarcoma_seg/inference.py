@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from sarcoma_seg.config import STORED_INFERENCE, check_mapping, check_model_config
-from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.lesions import largest_component
 from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
@@ -112,7 +112,7 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         raise SarcomaSegError(f"{path}: cannot read the stored config ({reason})") from exc
     try:
         check_model_config(config)

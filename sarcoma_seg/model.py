@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from sarcoma_seg.digest import file_sha256
-from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.errors import SarcomaSegError, choice, one_line
 from sarcoma_seg.inference import MODEL_FILE, ModelSection, model_config_path, read_model_config
 from sarcoma_seg.settings import Train
 
@@ -261,7 +261,7 @@ def check_weights_file(path: Path, model: tf.keras.Model) -> None:
             check_h5_links(path, h5, patient_part=NO_PATIENT)
             problem = weights_problem(path, h5, model)
     except OSError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         raise SarcomaSegError(f"{path}: not a readable HDF5 weights file ({reason})") from exc
     if problem:
         raise SarcomaSegError(problem)
@@ -293,6 +293,6 @@ def load_unet(folder: Path, config: Path | None = None) -> tf.keras.Model:
     try:
         model.load_weights(str(path))
     except (OSError, ValueError) as exc:  # what h5py or Keras raise on data they cannot read
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         raise SarcomaSegError(f"{path}: cannot load the weights ({reason})") from exc
     return model

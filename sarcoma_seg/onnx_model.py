@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sarcoma_seg.digest import bytes_sha256
-from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.errors import SarcomaSegError, one_line
 
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17  # the default-domain opset every export is written in (and the only one read)
@@ -171,7 +171,7 @@ def session_from_bytes(data: bytes, path: Path) -> Any:
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types, all one line here
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         raise SarcomaSegError(f"{path}: ONNX Runtime cannot build the model ({reason})") from exc
     name = session.get_inputs()[0].name
 

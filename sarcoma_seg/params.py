@@ -32,7 +32,7 @@ def check_image_size(size: object) -> int:
     return config.check_image_size(size)
 
 
-def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+def check_int_at_least(name: str, value: object, minimum: int) -> int:
     """Return value if it is an int >= minimum, else raise naming the param."""
     return config.check_int(name, value, minimum)
 

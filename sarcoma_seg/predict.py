@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sarcoma_seg.config import MAX_BATCH_SIZE
-from sarcoma_seg.errors import SarcomaSegError, run_cli
+from sarcoma_seg.errors import SarcomaSegError, one_line, run_cli
 from sarcoma_seg.inference import (
     MODEL_CONFIG_NAME,
     MODEL_FILE,
@@ -73,7 +73,7 @@ def fetch_model_files(uri: str, scratch: Path) -> Path:
                 ]
                 return local[0].parent  # where the repository put them, both in one folder
     except (MlflowException, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         raise SarcomaSegError(f"model {uri}: cannot be fetched from MLflow ({reason})") from exc
     raise SarcomaSegError(f"model {uri}: holds no {MODEL_FILE} with {MODEL_CONFIG_NAME}")
 

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.params import check_positive_int
+from sarcoma_seg.params import check_int_at_least
 from sarcoma_seg.settings import Split
 
 SETS = ("train", "val", "test")
@@ -18,10 +18,10 @@ def split_patients(
     ids = sorted(set(patient_ids))
     if len(ids) != len(patient_ids):
         raise SarcomaSegError("split: duplicate patient ids in the input")
-    val = check_positive_int("split.val", counts["val"], 0)  # 0: no validation (monitor last)
-    test = check_positive_int("split.test", counts["test"])
+    val = check_int_at_least("split.val", counts["val"], 0)  # 0: no validation (monitor last)
+    test = check_int_at_least("split.test", counts["test"], 1)
     train = counts["train"]
-    train = len(ids) - val - test if train is None else check_positive_int("split.train", train)
+    train = len(ids) - val - test if train is None else check_int_at_least("split.train", train, 1)
     if train < 1 or train + val + test > len(ids):
         raise SarcomaSegError(
             f"split: train={train} + val={val} + test={test} needs more patients than the "
@@ -44,12 +44,12 @@ def kfold_patients(
     """Fold `fold` of a seeded patient-level k-fold: its patients are the test set, `val` of the
     others validate, the rest train. Every patient is tested in exactly one fold."""
     ids = sorted(set(patient_ids))
-    k = check_positive_int("split.folds", folds, minimum=2)
+    k = check_int_at_least("split.folds", folds, 2)
     if k > len(ids):
         raise SarcomaSegError(f"split.folds={k} is more than the {len(ids)} patients available")
     if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < k:
         raise SarcomaSegError(f"split.fold={fold!r} is not allowed; choose 0 to {k - 1}")
-    val = check_positive_int("split.val", val, 0)
+    val = check_int_at_least("split.val", val, 0)
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     chunks = np.array_split(np.array(order), k)
     rest = [p for i, chunk in enumerate(chunks) if i != fold for p in chunk.tolist()]

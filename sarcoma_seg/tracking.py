@@ -107,8 +107,8 @@ def git_commit(root: Path) -> str:
     return done.stdout.strip()
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, or "none" if it does not exist (yet)."""
+def sha256_or_none(path: Path) -> str:
+    """digest.file_sha256 of a file, or "none" if it does not exist (yet): a run tag."""
     path = Path(path)
     return digest.file_sha256(path) if path.is_file() else "none"
 
@@ -127,7 +127,7 @@ def run_identity(source: str, backbone: str) -> tuple[str, dict[str, str]]:
         "git.commit": commit,
         "mlflow.source.git.commit": commit,  # MLflow's own column in the runs table
         "dvc.experiment": experiment_name(),
-        "dvc.lock.sha256": file_sha256(root / "dvc.lock"),  # upstream stages as train began
+        "dvc.lock.sha256": sha256_or_none(root / "dvc.lock"),  # upstream stages as train began
         "data.source": source,
         "model.backbone": backbone,
     }

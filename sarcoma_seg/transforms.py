@@ -11,7 +11,7 @@ import numpy as np
 
 from sarcoma_seg import config
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.params import check_image_size, check_positive_int
+from sarcoma_seg.params import check_image_size, check_int_at_least
 from sarcoma_seg.settings import Preprocess
 
 if TYPE_CHECKING:
@@ -116,8 +116,8 @@ def preprocessing_from(image_size: int, pre: Preprocess, units: str = "HU") -> P
     for CT in `units` (HU, or png8 for 8-bit exported slices: their own window)."""
     name = WINDOW_PARAMS[units]
     window = getattr(pre, name)
-    channels = check_positive_int("preprocess.channels", pre.channels)
-    context = check_positive_int("preprocess.context_slices", pre.context_slices, 0)
+    channels = check_int_at_least("preprocess.channels", pre.channels, 1)
+    context = check_int_at_least("preprocess.context_slices", pre.context_slices, 0)
     if context and channels != 2 * context + 1:
         raise SarcomaSegError(
             f"preprocess.channels={channels} does not fit preprocess.context_slices={context}; "

@@ -161,3 +161,23 @@ def test_sigkill_in_epoch_2_resumes_bit_for_bit_in_the_same_run(repo: Path) -> N
         assert sorted(m.step for m in logged) == [0, 1, 2], key  # every epoch once
         expected = {m.step: m.value for m in client.get_metric_history(first.info.run_id, key)}
         assert {m.step: m.value for m in logged} == expected, key
+
+
+def test_resume_key_covers_every_module_of_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sarcoma_seg import checkpoint
+    from sarcoma_seg.settings import load_settings
+
+    root = Path(__file__).resolve().parents[1]
+    code = tmp_path / "code"
+    shutil.copytree(root / "sarcoma_seg", code / "sarcoma_seg")
+    (code / "stages").mkdir()
+    shutil.copy2(root / "stages" / "train.py", code / "stages" / "train.py")
+    monkeypatch.setattr(checkpoint, "CODE", code)
+    settings, data = load_settings(root / "params.yaml"), tmp_path / "preprocessed"
+    data.mkdir()
+    before = checkpoint.checkpoint_key(settings, data)
+    reader = code / "sarcoma_seg" / "io" / "nifti.py"
+    reader.write_text(reader.read_text() + "\n# a changed reader\n")
+    assert checkpoint.checkpoint_key(settings, data) != before

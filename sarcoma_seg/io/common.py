@@ -28,11 +28,6 @@ def where_of(path: Path, patient_id: str) -> str:
     return f"{path} (patient {patient_id})"
 
 
-def one_line(exc: Exception) -> str:
-    """A library's error text on one line (nibabel's messages span several)."""
-    return " ".join(str(exc).split())
-
-
 def visible_entries(folder: Path) -> list[Path]:
     """Entries of a folder, sorted, without hidden ones (.DS_Store, ._ files from macOS)."""
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))

@@ -25,8 +25,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.io.common import Scan, one_line, where_of
+from sarcoma_seg.errors import SarcomaSegError, one_line
+from sarcoma_seg.io.common import Scan, where_of
 from sarcoma_seg.io.grid import canonical_volume, internal_axes, pet_onto_grid
 from sarcoma_seg.io.nifti import canonical_scan
 from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume

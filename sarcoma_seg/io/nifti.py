@@ -22,10 +22,9 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.io.common import (
     Scan,
-    one_line,
     require_folder,
     visible_entries,
     where_of,
@@ -244,22 +243,26 @@ def inflated(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
     return type(image).from_bytes(raw)
 
 
+def open_volume(path: Path, where: str) -> nib.Nifti1Image:
+    """A 3D NIfTI image of real numbers, its header checked (check_nifti_header) before any data
+    are read and gzip data inflated in one call (inflated); `where` names it in errors."""
+    image = nib.load(path, mmap=False)  # data are copied anyway; no map keeps the file open
+    check_nifti_header(image, where)
+    image = inflated(image, path)
+    if len(image.shape) == 4 and image.shape[3] == 1:
+        image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
+    if len(image.shape) != 3:
+        raise SarcomaSegError(f"{where}: not 3D (shape {image.shape}); a volume must be 3D")
+    if image.get_data_dtype().kind not in "biuf":  # complex or RGB would be cast silently
+        raise SarcomaSegError(f"{where}: stored as {image.get_data_dtype()}, not real numbers")
+    return image
+
+
 def _load_canonical(path: Path, patient_id: str, labels: bool) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of a 3D NIfTI file reoriented to RAS+; float32, or raw dtype for labels."""
+    where = where_of(path, patient_id)
     try:
-        image = nib.load(path, mmap=False)  # data are copied anyway; no map keeps the file open
-        check_nifti_header(image, where_of(path, patient_id))  # before any data are read
-        image = inflated(image, path)
-        if len(image.shape) == 4 and image.shape[3] == 1:
-            image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
-        if len(image.shape) != 3:
-            raise SarcomaSegError(f"{where_of(path, patient_id)}: not 3D, shape {image.shape}")
-        if image.get_data_dtype().kind not in "biuf":  # complex or RGB would be cast silently
-            raise SarcomaSegError(
-                f"{where_of(path, patient_id)}: stored as {image.get_data_dtype()}, "
-                "not real numbers"
-            )
-        image = nib.as_closest_canonical(image)  # every patient on the same axis order/signs
+        image = nib.as_closest_canonical(open_volume(path, where))  # one axis order and sign
         # labels keep their stored values (scaled if the header says so) so that non-integer
         # or negative labels can be refused; images are float32 with scl_slope/inter applied
         data = np.asanyarray(image.dataobj) if labels else image.get_fdata(dtype=np.float32)
@@ -267,7 +270,7 @@ def _load_canonical(path: Path, patient_id: str, labels: bool) -> tuple[np.ndarr
         raise  # already names the file; it is a ValueError, so it must not be caught below
     except NIFTI_ERRORS as exc:
         raise SarcomaSegError(
-            f"{where_of(path, patient_id)}: unreadable or truncated NIfTI file ({one_line(exc)})"
+            f"{where}: unreadable or truncated NIfTI file ({one_line(exc)})"
         ) from exc
     return np.asarray(data), image.affine
 
@@ -362,15 +365,9 @@ def canonical_scan(name: str, image: nib.Nifti1Image, pet: Path | None) -> Scan:
 def read_nifti_scan(path: Path, pet: Path | None = None) -> Scan:
     """A 3D NIfTI CT in HU (and optionally a PET NIfTI, resampled onto it)."""
     try:
-        image = nib.load(path)
+        image = open_volume(path, str(path))
+    except SarcomaSegError:
+        raise
     except NIFTI_ERRORS as exc:
-        raise SarcomaSegError(f"{path}: unreadable NIfTI file ({exc})") from exc
-    check_nifti_header(image, str(path))  # before any data are read
-    image = inflated(image, path)
-    if len(image.shape) == 4 and image.shape[3] == 1:
-        image = nib.squeeze_image(image)  # some converters write (x, y, z, 1)
-    if len(image.shape) != 3:
-        raise SarcomaSegError(f"{path}: a CT volume must be 3D, this is {image.shape}")
-    if image.get_data_dtype().kind not in "biuf":
-        raise SarcomaSegError(f"{path}: stored as {image.get_data_dtype()}, not real numbers")
+        raise SarcomaSegError(f"{path}: unreadable NIfTI file ({one_line(exc)})") from exc
     return canonical_scan(str(path), image, pet)

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.io.common import (
     Scan,
-    one_line,
     require_folder,
     visible_entries,
     where_of,
