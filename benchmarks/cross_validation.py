@@ -94,8 +94,8 @@ def fold_probabilities(model_dir: Path, work: Path, params: dict, sets: tuple[st
         require_inference,
         volume_probabilities,
     )
+    from sarcoma_seg.io.store import load_volumes
     from sarcoma_seg.model import load_unet
-    from sarcoma_seg.volumes import load_volumes
 
     stored = read_model_config(model_config_path(model_dir))
     pre, inference = stored.preprocessing, require_inference(model_config_path(model_dir), stored)

@@ -23,9 +23,10 @@ from sarcoma_seg import sources
 from sarcoma_seg.io.dicom import read_dicom
 from sarcoma_seg.io.nifti import nifti_inputs, read_nifti
 from sarcoma_seg.io.png import read_slices, slice_inputs
+from sarcoma_seg.io.store import load_volumes, raw_patient_ids
 from sarcoma_seg.params import load_params
 from sarcoma_seg.settings import data_from
-from sarcoma_seg.volumes import Volume, load_volumes, raw_patient_ids
+from sarcoma_seg.volumes import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"

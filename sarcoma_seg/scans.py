@@ -58,6 +58,16 @@ def reader_name(path: Path) -> str:
     )
 
 
+def pet_reader(pet: Path, name: str) -> Callable[[tuple, Any], Any]:
+    """--pet, a file or a folder: a function reading it onto a canonical CT grid (a DICOM PET
+    series folder, else a NIfTI file); name: the scan's, for error messages."""
+    if Path(pet).is_dir():
+        dicom = importlib.import_module("sarcoma_seg.io.dicom")
+        return lambda shape, affine: dicom.read_pet_series_onto(Path(pet), name, shape, affine)[0]
+    nifti = importlib.import_module("sarcoma_seg.io.nifti")
+    return lambda shape, affine: nifti.pet_coverage(Path(pet), name, shape, affine)[0]
+
+
 def read_scan(path: Path, patient_id: str | None = None, pet: Path | None = None) -> Scan:
     """Dispatch on what the input is: a DICOM folder, NIfTI, HDF5 or PNG file."""
     name = reader_name(path)
@@ -66,4 +76,5 @@ def read_scan(path: Path, patient_id: str | None = None, pet: Path | None = None
         return reader(Path(path), patient_id)
     if name == "read_png_slice":
         return reader(Path(path))
-    return reader(Path(path), pet)
+    scan_name = Path(path).name if name == "read_dicom_series" else str(path)
+    return reader(Path(path), pet_reader(pet, scan_name) if pet is not None else None)

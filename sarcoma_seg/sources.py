@@ -13,15 +13,14 @@ from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.io import dicom, nifti, png
 from sarcoma_seg.io.hdf5 import find_kaggle_h5, read_kaggle_h5
+from sarcoma_seg.io.store import STORE, write_store
 from sarcoma_seg.settings import Data
 from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.volumes import (
-    STORE,
     Volume,
     check_distinct_patients,
     resample,
     suspect_warnings,
-    write_store,
 )
 
 MANIFEST_NAME = "manifest.json"

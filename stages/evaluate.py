@@ -9,11 +9,11 @@ import mlflow
 from sarcoma_seg import tracking
 from sarcoma_seg.errors import run_cli
 from sarcoma_seg.inference import segment_reviewed
+from sarcoma_seg.io.store import load_volumes
 from sarcoma_seg.model_folder import open_model_folder
 from sarcoma_seg.plots import patient_figure, prediction_figure
 from sarcoma_seg.scoring import figure_slices, score, uptake_groups, write_table
 from sarcoma_seg.settings import load_settings
-from sarcoma_seg.volumes import load_volumes
 
 
 def main() -> None:

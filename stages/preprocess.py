@@ -5,11 +5,11 @@ import json
 from sarcoma_seg.dataset import save_slice_set, slice_set, stats, with_pet_if_present
 from sarcoma_seg.errors import SarcomaSegError, run_cli
 from sarcoma_seg.inference import CONFIG_NAME, save_config
+from sarcoma_seg.io.store import load_volumes
 from sarcoma_seg.settings import load_settings
 from sarcoma_seg.split import SETS
 from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.transforms import preprocessing_from
-from sarcoma_seg.volumes import load_volumes
 
 
 def main() -> None:

@@ -3,10 +3,10 @@
 import json
 
 from sarcoma_seg.errors import run_cli
+from sarcoma_seg.io.store import raw_patient_ids
 from sarcoma_seg.settings import load_settings
 from sarcoma_seg.split import make_split
 from sarcoma_seg.staging import write_text_atomic
-from sarcoma_seg.volumes import raw_patient_ids
 
 
 def main() -> None:

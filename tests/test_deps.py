@@ -174,6 +174,7 @@ def test_a_removed_dep_is_found(pipeline):
     stages["evaluate"]["params"] = [p for p in stages["evaluate"]["params"] if p != "evaluate"]
     assert stage_gaps(stages, paths) == [
         "train: dep sarcoma_seg/model.py",
+        "evaluate: params evaluate.engine",
         "evaluate: params evaluate.figure_slices",
     ]
 

@@ -147,7 +147,7 @@ def test_real_dicom_equals_the_ibsi_nifti(shared_data: Path) -> None:
 
 def test_several_sources_merge_into_one_store_and_manifest(tmp_path: Path) -> None:
     from sarcoma_seg import sources
-    from sarcoma_seg.volumes import load_volumes, raw_patient_ids
+    from sarcoma_seg.io.store import load_volumes, raw_patient_ids
     from tests.test_readers import ibsi_patient
 
     ibsi_patient(tmp_path / "nifti", "STS_001")

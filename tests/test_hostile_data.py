@@ -24,6 +24,7 @@ import yaml
 
 from sarcoma_seg import kaggle_source, predict
 from sarcoma_seg.errors import SarcomaSegError, run_cli
+from sarcoma_seg.io.store import STORE, load_volumes, raw_patient_ids, write_store
 from sarcoma_seg.volumes import (
     MAX_ARCHIVE_BYTES,
     MAX_ARCHIVE_MEMBERS,
@@ -31,11 +32,7 @@ from sarcoma_seg.volumes import (
     MAX_PNG_PIXELS,
     MAX_SLICES,
     MAX_VOXELS,
-    STORE,
     Volume,
-    load_volumes,
-    raw_patient_ids,
-    write_store,
 )
 from stages import download
 from tests.conftest import ROOT, tiny_params

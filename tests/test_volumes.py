@@ -8,13 +8,11 @@ import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
 from sarcoma_seg.io.hdf5 import read_kaggle_h5
+from sarcoma_seg.io.store import load_volumes, raw_patient_ids, write_store
 from sarcoma_seg.volumes import (
     KAGGLE_H5,
     Volume,
-    load_volumes,
-    raw_patient_ids,
     resample,
-    write_store,
 )
 
 

@@ -27,8 +27,13 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_
 
 from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.io.common import Scan, where_of
-from sarcoma_seg.io.grid import canonical_volume, internal_axes, pet_onto_grid
-from sarcoma_seg.io.nifti import canonical_scan
+from sarcoma_seg.io.grid import (
+    PetReader,
+    canonical_scan,
+    canonical_volume,
+    internal_axes,
+    pet_onto_grid,
+)
 from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume
 
 SKIP_NAMES = {"DICOMDIR"}  # index files that sit beside a series and hold no pixels
@@ -781,7 +786,7 @@ def write_rtstruct(grid: Grid, mask: np.ndarray, path: Path) -> Path:
     return path
 
 
-def read_dicom_series(folder: Path, pet: Path | None = None) -> Scan:
+def read_dicom_series(folder: Path, pet: PetReader | None = None) -> Scan:
     """A folder of CT slices: sorted along the slice normal, rescaled to HU, placed by the
     DICOM geometry (converted from DICOM's LPS to NIfTI's RAS); the mask goes back as NIfTI
     and, beside it, as an RTSTRUCT on the input series (RTSTRUCT_NAME)."""

@@ -2,14 +2,26 @@
 a canonical RAS+ grid, its spacing, grid comparison, and resampling one grid onto another (PET
 onto its CT)."""
 
+import zlib
+from collections.abc import Callable
 from itertools import product
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from nibabel.affines import voxel_sizes
+from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
 from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.io.common import Scan
 from sarcoma_seg.volumes import MIN_PET_COVERAGE, PET_COVERAGE_WARN, Volume, validated_volume
+
+NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)  # nibabel's failures
+# (canonical CT shape, its affine) -> the PET resampled onto that grid, in (i, j, k) order: a NIfTI
+# file's or a DICOM series' reader, chosen by scans.pet_reader
+PetReader = Callable[[tuple, np.ndarray], np.ndarray]
 
 # CT and mask grids must agree to within this many mm at every corner: far below any CT voxel
 # (0.5-5 mm), far above the float32 rounding of header affines (~1e-4 mm at 1 m from the origin)
@@ -160,3 +172,31 @@ def canonical_volume(
         provenance,
         warnings=warnings,
     )
+
+
+def canonical_scan(name: str, image: nib.Nifti1Image, pet: PetReader | None) -> Scan:
+    """A scan from a 3D image (a NIfTI file's, or a DICOM series' as one): canonical RAS+ for
+    the model, saved back in its own axes; pet(shape, affine) reads the PET onto that grid."""
+    try:
+        canonical = nib.as_closest_canonical(image)
+        ct = internal_axes(canonical.get_fdata(dtype=np.float32))
+    except NIFTI_ERRORS as exc:
+        raise SarcomaSegError(f"{name}: unreadable or truncated NIfTI file ({exc})") from exc
+    if not np.isfinite(ct).all():
+        raise SarcomaSegError(f"{name}: CT holds NaN or infinite voxels")
+    pet_array = None
+    if pet is not None:
+        pet_array = internal_axes(pet(canonical.shape, canonical.affine))
+    to_input = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(image.affine))
+
+    def save(mask: np.ndarray, path: Path) -> Path:
+        """The mask with the input's affine and axis order, as uint8 0/1."""
+        data = apply_orientation(mask.transpose(2, 1, 0), to_input).astype(np.uint8)
+        out = nib.Nifti1Image(data, image.affine)
+        out.set_qform(image.affine, code=1)  # scanner coordinates, as the input's affine
+        out.set_sform(image.affine, code=1)
+        out.header.set_xyzt_units(*image.header.get_xyzt_units())
+        nib.save(out, path)
+        return path
+
+    return Scan(name, ct, pet_array, canonical_spacing(canonical.affine), "HU", save, ".nii.gz")

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.orientations import io_orientation
 
 from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.io.common import (
@@ -30,7 +29,9 @@ from sarcoma_seg.io.common import (
     where_of,
 )
 from sarcoma_seg.io.grid import (
-    canonical_spacing,
+    NIFTI_ERRORS,
+    PetReader,
+    canonical_scan,
     canonical_volume,
     check_same_grid,
     internal_axes,
@@ -42,7 +43,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IBSI_CT, IBSI_MASK, IBSI_PET = "CT_image", "CT_mask", "PET_image"  # PET_mask is not used
 NNUNET_IMAGES, NNUNET_LABELS, NNUNET_JSON = "imagesTr", "labelsTr", "dataset.json"
 CHANNEL_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net: <case>_0000
-NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
 GZIP_SLACK = 1 << 16  # bytes of gzip header, trailer and block overhead allowed beyond the data
 
 
@@ -281,19 +281,6 @@ def pet_coverage(path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.nda
     return pet_onto_grid(pet, pet_affine, where_of(path, patient_id), ct_shape, ct_affine)
 
 
-def read_pet_onto(
-    path: Path, patient_id: str, ct_shape: tuple, ct_affine: np.ndarray
-) -> np.ndarray:
-    """A PET image (NIfTI file, or a folder holding one DICOM PET series) resampled onto the
-    (canonical) CT grid, refused if it covers too little."""
-    if Path(path).is_dir():
-        # imported here: the dicom module builds on this one (canonical_scan)
-        from sarcoma_seg.io.dicom import read_pet_series_onto
-
-        return read_pet_series_onto(Path(path), patient_id, ct_shape, ct_affine)[0]
-    return pet_coverage(path, patient_id, ct_shape, ct_affine)[0]
-
-
 def _read_case(folder: Path, case: NiftiCase) -> Volume:
     """One NIfTI patient as a validated Volume."""
     pid = case.patient_id
@@ -335,35 +322,8 @@ def read_nifti(folder: Path) -> list[Volume]:
     return [_read_case(folder, case) for case in _nifti_cases(folder)]
 
 
-def canonical_scan(name: str, image: nib.Nifti1Image, pet: Path | None) -> Scan:
-    """A scan from a 3D NIfTI image: canonical RAS+ for the model, saved back in its own axes."""
-    try:
-        canonical = nib.as_closest_canonical(image)
-        ct = internal_axes(canonical.get_fdata(dtype=np.float32))
-    except NIFTI_ERRORS as exc:
-        raise SarcomaSegError(f"{name}: unreadable or truncated NIfTI file ({exc})") from exc
-    if not np.isfinite(ct).all():
-        raise SarcomaSegError(f"{name}: CT holds NaN or infinite voxels")
-    pet_array = None
-    if pet is not None:
-        pet_array = internal_axes(read_pet_onto(pet, name, canonical.shape, canonical.affine))
-    to_input = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(image.affine))
-
-    def save(mask: np.ndarray, path: Path) -> Path:
-        """The mask with the input's affine and axis order, as uint8 0/1."""
-        data = apply_orientation(mask.transpose(2, 1, 0), to_input).astype(np.uint8)
-        out = nib.Nifti1Image(data, image.affine)
-        out.set_qform(image.affine, code=1)  # scanner coordinates, as the input's affine
-        out.set_sform(image.affine, code=1)
-        out.header.set_xyzt_units(*image.header.get_xyzt_units())
-        nib.save(out, path)
-        return path
-
-    return Scan(name, ct, pet_array, canonical_spacing(canonical.affine), "HU", save, ".nii.gz")
-
-
-def read_nifti_scan(path: Path, pet: Path | None = None) -> Scan:
-    """A 3D NIfTI CT in HU (and optionally a PET NIfTI, resampled onto it)."""
+def read_nifti_scan(path: Path, pet: PetReader | None = None) -> Scan:
+    """A 3D NIfTI CT in HU (and PET, read onto its grid by `pet`: scans.pet_reader)."""
     try:
         image = open_volume(path, str(path))
     except SarcomaSegError:
