@@ -88,24 +88,18 @@ def fold_probabilities(model_dir: Path, work: Path, params: dict, sets: tuple[st
     """A fold's model run once per flip setting over the patients of `sets` (split names): the
     preprocessing, the model's inference section and {patient: (volume, role, {flip: probs})}."""
     import sarcoma_seg  # noqa: F401  (environment for TensorFlow and segmentation-models)
-    from sarcoma_seg.inference import (
-        model_config_path,
-        read_model_config,
-        require_inference,
-        volume_probabilities,
-    )
+    from sarcoma_seg.inference import volume_probabilities
     from sarcoma_seg.io.store import load_volumes
-    from sarcoma_seg.model import load_unet
+    from sarcoma_seg.model_folder import open_model_folder
 
-    stored = read_model_config(model_config_path(model_dir))
-    pre, inference = stored.preprocessing, require_inference(model_config_path(model_dir), stored)
-    model = load_unet(model_dir)
+    opened = open_model_folder(model_dir)
+    pre, inference, run = opened.stored.pre, opened.stored.inference, opened.predictor
     split = json.loads((work / params["paths"]["split"]).read_text())
     roles = {patient: name for name in sets for patient in split[name]}
     found = {}
     for v in load_volumes(work / params["paths"]["raw"], list(roles)):
         images = pre.volume(v.ct, v.pet)
-        probs = {f: volume_probabilities(model, images, f) for f in (False, True)}
+        probs = {f: volume_probabilities(None, images, f, predictor=run) for f in (False, True)}
         found[v.patient_id] = (v, roles[v.patient_id], probs)
     return pre, inference, found
 

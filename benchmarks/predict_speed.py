@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sarcoma_seg  # noqa: E402,F401  (environment for TensorFlow and segmentation-models)
-from sarcoma_seg.inference import MODEL_CONFIG_NAME, save_config  # noqa: E402
-from sarcoma_seg.model import MODEL_FILE, average_members, build_unet, save_unet  # noqa: E402
+from sarcoma_seg.model import average_members, build_unet, save_unet  # noqa: E402
+from sarcoma_seg.model_folder import MODEL_CONFIG_NAME, MODEL_FILE, write_model_config  # noqa: E402
 from sarcoma_seg.onnx_model import ONNX_FILE, export_onnx  # noqa: E402
 from sarcoma_seg.predict import predict_scan  # noqa: E402
 from sarcoma_seg.scans import read_scan  # noqa: E402
@@ -63,7 +63,7 @@ def default_model(folder: Path, pet: bool = True) -> Path:
     model = average_members(members, pre.input_channels)
     section = save_unet(model, folder / MODEL_FILE, tp.backbone)
     section = replace(section, onnx_sha256=export_onnx(model, folder / ONNX_FILE))
-    save_config(folder / MODEL_CONFIG_NAME, pre, settings.inference, section)
+    write_model_config(folder / MODEL_CONFIG_NAME, pre, settings.inference, section)
     return folder
 
 

@@ -244,8 +244,8 @@ PARAMS = {
     "evaluate": EVALUATE,
 }
 
-# a model's preprocessing.json: the Preprocessing fields and how the model infers; keys that
-# older models' files lack are optional, and the code fills them as before
+# a model's stored config (model_folder): the Preprocessing fields and how the model infers;
+# keys that older models' files lack are optional, and the code fills them as before
 STORED_INFERENCE = {
     key: spec if key == "threshold" else optional(spec) for key, spec in INFERENCE.items()
 }
@@ -534,7 +534,7 @@ def check_params(params: object, where: str) -> None:
 
 
 def check_model_config(config: object) -> None:
-    """Check a model's stored config (preprocessing.json) against MODEL_CONFIG."""
+    """Check a model's stored config (model_folder.read_model_config) against MODEL_CONFIG."""
     check_mapping("", MODEL_CONFIG, config)
 
 

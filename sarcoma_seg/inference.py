@@ -1,30 +1,18 @@
 """Segment whole CT volumes with a trained U-Net: the one inference path that evaluate, the MLflow
 pyfunc and predict share, so they give identical masks."""
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from sarcoma_seg.config import STORED_INFERENCE, check_mapping, check_model_config
-from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.lesions import largest_component
 from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
-MODEL_FILE = "model.h5"  # weights only, HDF5: the architecture comes from model.build_unet
-MODEL_CONFIG_NAME = "model_config.json"  # a model folder: preprocessing, inference, architecture
-# the preprocessed data's settings, and the name models trained before model_config.json used
-# for their whole config (registry versions hold it): read as a fallback with the same checks
-CONFIG_NAME = "preprocessing.json"
 INFERENCE_PIXELS = 16 * 96 * 96  # pixels per model call (see inference_batch_size)
-# what models stored before these inference keys existed did: no postprocessing, no flip, no
-# smoothing (new models store every key, from params.yaml)
-OLDER_MODEL_INFERENCE = {"postprocess": "none", "tta_flip": False, "z_sigma": 0.0}
 # commitment(): the "suspected" region is where the probability reaches this share of the
 # threshold; a firm prediction has sharp edges, so its committed and suspected regions match
 REVIEW_FLOOR = 0.25
@@ -36,143 +24,6 @@ POSTPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "none": lambda mask: mask,
     "largest_component": largest_component,
 }
-
-
-@dataclass(frozen=True)
-class ModelSection:
-    """What model.load_unet rebuilds the architecture from, and the weights file's hash."""
-
-    backbone: str
-    channels: int
-    members: int
-    weights_sha256: str
-    onnx_sha256: str | None = None  # model.onnx's hash; None: a model trained before the export
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """A model folder's stored config: the preprocessing it was trained with, how it infers and
-    its architecture (the preprocessed data's config holds the preprocessing only)."""
-
-    preprocessing: Preprocessing
-    inference: Inference | None
-    model: ModelSection | None
-
-
-def check_inference(inference: dict[str, Any]) -> dict[str, Any]:
-    """Validate a stored inference section against its schema (threshold, postprocessing, flip
-    test-time augmentation, slice smoothing); keys an older model lacks are what it did."""
-    check_mapping("inference", STORED_INFERENCE, inference)
-    filled = {**OLDER_MODEL_INFERENCE, **inference}
-    return {
-        "threshold": float(filled["threshold"]),
-        "postprocess": filled["postprocess"],
-        "tta_flip": filled["tta_flip"],
-        "z_sigma": float(filled["z_sigma"]),
-        "review_below": filled.get("review_below"),
-    }
-
-
-def stored_form(config: ModelConfig) -> dict[str, Any]:
-    """The JSON form of a stored config: the preprocessing fields, inference, model."""
-    stored = {**asdict(config.preprocessing), "inference": None}
-    if config.inference is not None:
-        inference = config.inference  # numbers stored as floats, as check_inference reads them
-        stored["inference"] = asdict(inference) | {
-            "threshold": float(inference.threshold),
-            "z_sigma": float(inference.z_sigma),
-        }
-    if config.model is not None:
-        stored["model"] = asdict(config.model)
-    return stored
-
-
-def write_model_config(path: Path, config: ModelConfig) -> None:
-    """Write a stored config (the model folder's model_config.json, or the preprocessed data's
-    preprocessing.json without inference and model)."""
-    Path(path).write_text(json.dumps(stored_form(config), indent=2) + "\n")
-
-
-def save_config(
-    path: Path,
-    pre: Preprocessing,
-    inference: Inference | dict[str, Any] | None = None,
-    model: ModelSection | None = None,
-) -> None:
-    """Write the preprocessing (and, once there is a model, how it infers and the model section
-    that model.load_unet rebuilds it from); an inference section given as a mapping is checked
-    as a stored one (check_inference) first."""
-    if isinstance(inference, dict):
-        inference = Inference(**check_inference(inference))
-    write_model_config(path, ModelConfig(pre, inference, model))
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """The raw dict save_config wrote, every key checked against config.MODEL_CONFIG first."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        reason = one_line(exc)
-        raise SarcomaSegError(f"{path}: cannot read the stored config ({reason})") from exc
-    try:
-        check_model_config(config)
-    except SarcomaSegError as exc:
-        raise SarcomaSegError(f"{path}: {exc}") from None
-    return config
-
-
-def stored_preprocessing(config: dict[str, Any]) -> Preprocessing:
-    """The Preprocessing of a checked stored config (keys an older model lacks: its defaults)."""
-    fields = {k: v for k, v in config.items() if k not in ("inference", "model")}
-    for key in ("hu_window", "pet_window"):
-        if fields.get(key) is not None:
-            fields[key] = tuple(fields[key])
-    if fields.get("hu_windows") is not None:
-        fields["hu_windows"] = tuple(tuple(w) for w in fields["hu_windows"])
-    return Preprocessing(**fields)
-
-
-def load_config(path: Path) -> tuple[Preprocessing, dict[str, Any] | None]:
-    """Read what save_config wrote: the preprocessing and the inference section as stored."""
-    config = read_config(path)
-    return stored_preprocessing(config), config.get("inference")
-
-
-def read_model_config(path: Path) -> ModelConfig:
-    """A stored config as ModelConfig, checked against config.MODEL_CONFIG (a model section's
-    backbone and hash are checked where the model is rebuilt: model.check_model_section)."""
-    config = read_config(path)
-    inference, model = config.get("inference"), config.get("model")
-    return ModelConfig(
-        stored_preprocessing(config),
-        None if inference is None else Inference(**check_inference(inference)),
-        None if model is None else ModelSection(**model),
-    )
-
-
-def require_inference(path: Path, config: ModelConfig) -> Inference:
-    """The inference section of a model's stored config; a config without one (the
-    preprocessed data's) cannot segment."""
-    if config.inference is None:
-        raise SarcomaSegError(f"{path}: has no inference section; it is not a model's config")
-    return config.inference
-
-
-def stored_config_name(names: set[str]) -> str | None:
-    """The stored config among a model's file names: model_config.json, else an older model's
-    preprocessing.json, else None."""
-    for name in (MODEL_CONFIG_NAME, CONFIG_NAME):
-        if name in names:
-            return name
-    return None
-
-
-def model_config_path(folder: Path) -> Path:
-    """A model folder's stored config: model_config.json, or an older model's
-    preprocessing.json when only that exists."""
-    folder = Path(folder)
-    present = {n for n in (MODEL_CONFIG_NAME, CONFIG_NAME) if (folder / n).is_file()}
-    return folder / (stored_config_name(present) or MODEL_CONFIG_NAME)
 
 
 def inference_batch_size(image_size: int) -> int:

@@ -11,8 +11,7 @@ import tensorflow as tf
 
 from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError, choice, one_line
-from sarcoma_seg.inference import MODEL_FILE, ModelSection, model_config_path, read_model_config
-from sarcoma_seg.settings import Train
+from sarcoma_seg.settings import ModelSection, Train
 
 # segmentation-models prints a banner on stdout at import: silenced, so that predict's stdout
 # holds only its JSON and stderr only what went wrong
@@ -157,7 +156,6 @@ def mean_history(histories: list[dict[str, list[float]]]) -> dict[str, list[floa
     return {k: np.mean([h[k] for h in histories], axis=0).tolist() for k in histories[0]}
 
 
-SHA256_HEX = 64  # characters of a hex SHA-256 digest
 NO_PATIENT = 1 << 16  # io.hdf5.check_h5_links' patient_part: no weight name names a patient
 
 
@@ -172,21 +170,6 @@ def save_unet(model: tf.keras.Model, path: Path, backbone: str) -> ModelSection:
         members=max(1, len(members)),
         weights_sha256=file_sha256(path),
     )
-
-
-def check_model_section(where: Path, section: ModelSection | None) -> ModelSection:
-    """The stored model section, present and naming a known backbone and a SHA-256 (the
-    MODEL_CONFIG schema has checked its keys, types and limits)."""
-    if section is None:
-        raise SarcomaSegError(
-            f"{where}: no model section, so {MODEL_FILE} is an old whole-model file that "
-            "loading would execute; retrain it"
-        )
-    choice(f"{where}: model.backbone", section.backbone, backbones())
-    sha = section.weights_sha256
-    if len(sha) != SHA256_HEX or any(c not in "0123456789abcdef" for c in sha):
-        raise SarcomaSegError(f"{where}: model.weights_sha256={sha!r} is not a SHA-256 hex digest")
-    return section
 
 
 def expected_weights(model: tf.keras.Model) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -273,26 +256,12 @@ def rebuild_unet(section: ModelSection) -> tf.keras.Model:
     return average_members(members, section.channels)
 
 
-def load_unet(folder: Path, config: Path | None = None) -> tf.keras.Model:
-    """A saved U-Net for inference: the architecture rebuilt from the model section of the
-    folder's stored config (model_config.json, an older model's preprocessing.json, or
-    `config`), the weights file checked (hash, links, every dataset's shape and type) before
-    Keras reads it. Nothing stored in the folder is executed."""
-    folder = Path(folder)
-    path, config = folder / MODEL_FILE, Path(config or model_config_path(folder))
-    section = check_model_section(config, read_model_config(config).model)
-    if not path.is_file():
-        raise SarcomaSegError(f"{path}: model file not found; run the train stage first")
-    if file_sha256(path) != section.weights_sha256:
-        raise SarcomaSegError(
-            f"{path}: SHA-256 differs from weights_sha256 in {config}; the file was changed "
-            "or damaged since training"
-        )
-    model = rebuild_unet(section)
+def load_checked_weights(path: Path, model: tf.keras.Model) -> tf.keras.Model:
+    """The rebuilt model with the weights of a file whose hash was checked (model_folder
+    .load_unet): links, datasets, shapes and order checked with h5py before Keras reads it."""
     check_weights_file(path, model)
     try:
         model.load_weights(str(path))
     except (OSError, ValueError) as exc:  # what h5py or Keras raise on data they cannot read
-        reason = one_line(exc)
-        raise SarcomaSegError(f"{path}: cannot load the weights ({reason})") from exc
+        raise SarcomaSegError(f"{path}: cannot load the weights ({one_line(exc)})") from exc
     return model

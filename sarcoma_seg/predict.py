@@ -24,24 +24,30 @@ import numpy as np
 from sarcoma_seg.config import MAX_BATCH_SIZE
 from sarcoma_seg.errors import SarcomaSegError, one_line, run_cli
 from sarcoma_seg.inference import (
-    MODEL_CONFIG_NAME,
-    MODEL_FILE,
     Predictor,
     Segmentation,
     inference_batch_size,
-    model_config_path,
     segment_images,
-    stored_config_name,
     traced_predictor,
 )
 from sarcoma_seg.lesions import components
+from sarcoma_seg.model_folder import (
+    MODEL_CONFIG_NAME,
+    MODEL_FILE,
+    engine_for,
+    load_unet,
+    model_config_path,
+    open_engine,
+    read_folder_config,
+    stored_config_name,
+)
 from sarcoma_seg.onnx_model import ONNX_FILE
 from sarcoma_seg.scans import Scan, read_scan, reader_name, scan_stem
 from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-# where a pyfunc's model.h5 and model_config.json (older models: preprocessing.json) lie below a
+# where a pyfunc's model.h5 and model config (model_folder.stored_config_name) lie below a
 # URI: a model's own artifacts, a run's "model" folder, or the URI itself
 MLFLOW_MODEL_DIRS = ("artifacts", "model/artifacts", "")
 MONTAGE_SLICES = 12  # tumour slices shown in the overlay, evenly spread over the slice range
@@ -49,7 +55,7 @@ MONTAGE_SLICES = 12  # tumour slices shown in the overlay, evenly spread over th
 
 def fetch_model_files(uri: str, scratch: Path) -> Path:
     """Download only model.h5, model.onnx (where logged) and the stored config
-    (model_config.json, or an older model's preprocessing.json) of an MLflow model into scratch:
+    (model_folder.stored_config_name: model_config.json or the legacy name) of an MLflow model:
     never the pickled pyfunc wrapper or its bundled code, which mlflow.pyfunc.load_model would
     execute."""
     import mlflow
@@ -143,10 +149,8 @@ class ModelLoader(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        """Import TensorFlow, load the U-Net (model.load_unet's checks) and trace it."""
+        """Import TensorFlow, load the U-Net (model_folder.load_unet's checks) and trace it."""
         try:
-            from sarcoma_seg.model import load_unet  # TensorFlow and segmentation-models
-
             model = None if self.cancelled.is_set() else load_unet(self.folder)
             if model is not None and not self.cancelled.is_set():
                 self.loaded = (model, traced_predictor(model, self.batch_shape))
@@ -198,8 +202,6 @@ def open_model(
 ) -> OpenModel:
     """Read a model's settings (its folder fetched first for an MLflow URI) and load it: with
     ONNX Runtime at once, with TensorFlow in the background while the scan is read."""
-    from sarcoma_seg.model_folder import engine_for, open_engine, read_folder_config
-
     started = time.perf_counter()
     folder = model_folder(model_uri, scratch)
     found = read_folder_config(folder)

@@ -9,7 +9,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.inference import MODEL_CONFIG_NAME, MODEL_FILE, read_model_config, segment_volume
+from sarcoma_seg.inference import segment_volume
+from sarcoma_seg.model_folder import MODEL_CONFIG_NAME, MODEL_FILE, read_model_config
 from sarcoma_seg.onnx_model import ONNX_FILE
 from sarcoma_seg.transforms import Preprocessing
 

@@ -129,6 +129,17 @@ class Inference:
 
 
 @dataclass(frozen=True)
+class ModelSection:
+    """A model folder's architecture (what model.rebuild_unet builds) and its files' hashes."""
+
+    backbone: str
+    channels: int
+    members: int
+    weights_sha256: str
+    onnx_sha256: str | None = None  # model.onnx's hash; None: a model trained before the export
+
+
+@dataclass(frozen=True)
 class Evaluate:
     """evaluate: the evaluation figure."""
 

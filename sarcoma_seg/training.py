@@ -15,16 +15,7 @@ from sarcoma_seg import checkpoint, distribute, pipeline_input, runlog, tracking
 from sarcoma_seg.checkpoint import Checkpoint
 from sarcoma_seg.dataset import SliceSet, load_slice_set
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.inference import (
-    CONFIG_NAME,
-    MODEL_CONFIG_NAME,
-    ModelConfig,
-    ModelSection,
-    load_config,
-    write_model_config,
-)
 from sarcoma_seg.model import (
-    MODEL_FILE,
     MONITORS,
     average_members,
     build_unet,
@@ -35,11 +26,17 @@ from sarcoma_seg.model import (
     seed_everything,
     validation_dice,
 )
+from sarcoma_seg.model_folder import (
+    MODEL_CONFIG_NAME,
+    MODEL_FILE,
+    read_data_config,
+    write_model_config,
+)
 from sarcoma_seg.onnx_model import ONNX_FILE, export_onnx
 from sarcoma_seg.params import check_image_size
 from sarcoma_seg.plots import history_figure
 from sarcoma_seg.serving import log_pyfunc
-from sarcoma_seg.settings import Paths, Settings, Train
+from sarcoma_seg.settings import ModelSection, Paths, Settings, Train
 from sarcoma_seg.staging import staged_dir
 from sarcoma_seg.transforms import Preprocessing, build_augmentation
 
@@ -264,7 +261,7 @@ def write_model(
     section = save_unet(model, folder / MODEL_FILE, settings.train.backbone)
     # ONNX beside the weights: predict and evaluate run it without TensorFlow (issue 28)
     section = replace(section, onnx_sha256=export_onnx(model, folder / ONNX_FILE))
-    write_model_config(folder / MODEL_CONFIG_NAME, ModelConfig(pre, settings.inference, section))
+    write_model_config(folder / MODEL_CONFIG_NAME, pre, settings.inference, section)
     tracking.write_run_info(folder / "mlflow_run.json", run)
     return section
 
@@ -302,7 +299,7 @@ def run_training(settings: Settings, strategy: Any) -> None:
     write the model, history and metrics, then finish the logging."""
     paths, tp = settings.paths, settings.train
     check_settings(settings)
-    pre, _ = load_config(paths.preprocessed / CONFIG_NAME)
+    pre = read_data_config(paths.preprocessed)
     train_set = load_slice_set(paths.preprocessed / "train.npz")
     val_set = load_slice_set(paths.preprocessed / "val.npz")
     check_validation(val_set, tp.monitor)

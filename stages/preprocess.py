@@ -4,8 +4,8 @@ import json
 
 from sarcoma_seg.dataset import save_slice_set, slice_set, stats, with_pet_if_present
 from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import CONFIG_NAME, save_config
 from sarcoma_seg.io.store import load_volumes
+from sarcoma_seg.model_config import write_data_config
 from sarcoma_seg.settings import load_settings
 from sarcoma_seg.split import SETS
 from sarcoma_seg.staging import staged_dir
@@ -28,7 +28,7 @@ def main() -> None:
     with staged_dir(paths.preprocessed) as out:  # all sets, or the previous ones
         for name, data in sets.items():
             save_slice_set(out / f"{name}.npz", data)
-        save_config(out / CONFIG_NAME, pre)  # train, evaluate and predict reuse exactly this
+        write_data_config(out, pre)  # train, evaluate and predict reuse exactly this
     paths.metrics.mkdir(parents=True, exist_ok=True)
     summary = {name: stats(data) for name, data in sets.items()}
     (paths.metrics / "data_stats.json").write_text(json.dumps(summary, indent=2) + "\n")

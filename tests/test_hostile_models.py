@@ -25,8 +25,8 @@ import tensorflow as tf
 import yaml
 
 from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import MODEL_CONFIG_NAME, save_config
-from sarcoma_seg.model import MODEL_FILE, build_unet, save_unet, seed_everything
+from sarcoma_seg.model import build_unet, save_unet, seed_everything
+from sarcoma_seg.model_folder import MODEL_CONFIG_NAME, MODEL_FILE, write_model_config
 from sarcoma_seg.predict import main as predict_main
 from sarcoma_seg.serving import UnetSegmenter
 from sarcoma_seg.settings import Inference
@@ -50,7 +50,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     images = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
     model.fit(images, (images[..., :1] > 0.7).astype(np.float32), batch_size=4, verbose=0)
     section = save_unet(model, folder / MODEL_FILE, "resnet18")
-    save_config(folder / MODEL_CONFIG_NAME, PRE, INFERENCE, section)
+    write_model_config(folder / MODEL_CONFIG_NAME, PRE, INFERENCE, section)
     return folder
 
 

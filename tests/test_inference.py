@@ -1,27 +1,27 @@
 """The shared inference path: postprocessing, flip test-time augmentation, config round trip."""
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.inference import (
-    CONFIG_NAME,
+from sarcoma_seg.inference import segment_volume
+from sarcoma_seg.model_folder import (
+    DATA_CONFIG_NAME,
+    LEGACY_CONFIG_NAME,
     MODEL_CONFIG_NAME,
     ModelConfig,
-    ModelSection,
     check_inference,
-    load_config,
     model_config_path,
+    read_data_config,
     read_model_config,
     require_inference,
-    save_config,
-    segment_volume,
+    write_data_config,
     write_model_config,
 )
-from sarcoma_seg.settings import Inference
+from sarcoma_seg.settings import Inference, ModelSection
 from sarcoma_seg.transforms import Preprocessing
 
 PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=1)
@@ -127,28 +127,26 @@ def test_progress_counts_every_slice_once() -> None:
 def test_config_round_trip(tmp_path: Path) -> None:
     inference = Inference(**check_inference({"threshold": 0.4, "postprocess": "largest_component"}))
     section = ModelSection("resnet18", 1, 1, "0" * 64)
-    config = ModelConfig(PRE, inference, section)
-    write_model_config(tmp_path / MODEL_CONFIG_NAME, config)
-    assert read_model_config(tmp_path / MODEL_CONFIG_NAME) == config
-    assert load_config(tmp_path / MODEL_CONFIG_NAME) == (PRE, asdict(inference))
+    write_model_config(tmp_path / MODEL_CONFIG_NAME, PRE, inference, section)
+    assert read_model_config(tmp_path / MODEL_CONFIG_NAME) == ModelConfig(PRE, inference, section)
 
 
 def test_a_model_folder_prefers_model_config_and_falls_back_to_preprocessing(
     tmp_path: Path,
 ) -> None:
     assert model_config_path(tmp_path) == tmp_path / MODEL_CONFIG_NAME  # named in errors
-    save_config(tmp_path / CONFIG_NAME, PRE)
-    assert model_config_path(tmp_path) == tmp_path / CONFIG_NAME  # an older model's folder
-    save_config(tmp_path / MODEL_CONFIG_NAME, PRE)
+    write_model_config(tmp_path / LEGACY_CONFIG_NAME, PRE)
+    assert model_config_path(tmp_path) == tmp_path / LEGACY_CONFIG_NAME  # an older model's folder
+    write_model_config(tmp_path / MODEL_CONFIG_NAME, PRE)
     assert model_config_path(tmp_path) == tmp_path / MODEL_CONFIG_NAME
 
 
 def test_a_config_without_inference_cannot_segment(tmp_path: Path) -> None:
-    save_config(tmp_path / CONFIG_NAME, PRE)  # what preprocess writes beside the data
-    config = read_model_config(tmp_path / CONFIG_NAME)
-    assert config == ModelConfig(PRE, None, None)
-    with pytest.raises(SarcomaSegError, match=r"preprocessing\.json: has no inference section"):
-        require_inference(tmp_path / CONFIG_NAME, config)
+    write_data_config(tmp_path, PRE)  # what preprocess writes beside the data
+    config = read_model_config(tmp_path / DATA_CONFIG_NAME)
+    assert config == ModelConfig(PRE, None, None) and read_data_config(tmp_path) == PRE
+    with pytest.raises(SarcomaSegError, match=r"data_config\.json: has no inference section"):
+        require_inference(tmp_path / DATA_CONFIG_NAME, config)
 
 
 @pytest.mark.parametrize(

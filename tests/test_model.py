@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 
 from sarcoma_seg.errors import SarcomaSegError
-from sarcoma_seg.inference import MODEL_CONFIG_NAME, save_config
 from sarcoma_seg.model import (
     average_members,
     build_unet,
     check_train_params,
-    load_unet,
     mean_history,
     save_unet,
     seed_everything,
     validation_dice,
 )
+from sarcoma_seg.model_folder import MODEL_CONFIG_NAME, load_unet, write_model_config
 from sarcoma_seg.settings import settings_from
 from sarcoma_seg.transforms import Preprocessing
 from tests.conftest import tiny_params
@@ -34,7 +33,9 @@ def test_ensemble_averages_members_and_survives_hdf5(tmp_path: Path) -> None:
     ensemble = average_members(members, 4)
     assert np.allclose(ensemble(images, training=False).numpy(), (each[0] + each[1]) / 2)
     section = save_unet(ensemble, tmp_path / "model.h5", "resnet18")
-    save_config(tmp_path / MODEL_CONFIG_NAME, Preprocessing((-160.0, 240.0), 32, 4), None, section)
+    write_model_config(
+        tmp_path / MODEL_CONFIG_NAME, Preprocessing((-160.0, 240.0), 32, 4), None, section
+    )
     loaded = load_unet(tmp_path)
     assert np.allclose(loaded(images, training=False).numpy(), (each[0] + each[1]) / 2)
 

@@ -13,8 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from sarcoma_seg.inference import MODEL_CONFIG_NAME, save_config
-from sarcoma_seg.model import MODEL_FILE, build_unet, save_unet
+from sarcoma_seg.model import build_unet, save_unet
+from sarcoma_seg.model_folder import MODEL_CONFIG_NAME, MODEL_FILE, write_model_config
 from sarcoma_seg.onnx_model import ONNX_FILE, export_onnx
 from sarcoma_seg.predict import main
 from sarcoma_seg.settings import Inference
@@ -44,7 +44,7 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     section = type(section)(
         **{**section.__dict__, "onnx_sha256": export_onnx(model, folder / ONNX_FILE)}
     )
-    save_config(
+    write_model_config(
         folder / MODEL_CONFIG_NAME, Preprocessing((-160.0, 240.0), 32, 3), INFERENCE, section
     )
     return folder

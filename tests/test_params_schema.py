@@ -1,5 +1,5 @@
 """params.yaml is checked whole against the schema in sarcoma_seg/config.py, and a model's stored
-config (preprocessing.json) the same way when it is loaded: one line naming the key, exit code 1
+config (model_config.json) the same way when it is loaded: one line naming the key, exit code 1
 through a stage, nothing written."""
 
 import json
@@ -16,8 +16,14 @@ import yaml
 
 from sarcoma_seg import config
 from sarcoma_seg.errors import SarcomaSegError, run_cli
-from sarcoma_seg.inference import CONFIG_NAME, check_inference, load_config, save_config
+from sarcoma_seg.model_folder import (
+    LEGACY_CONFIG_NAME,
+    check_inference,
+    read_model_config,
+    write_model_config,
+)
 from sarcoma_seg.params import flatten, load_params
+from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 from stages import split
 from tests.conftest import ROOT, tiny_params
@@ -82,7 +88,7 @@ BAD_PARAMS: dict[str, tuple[Mutation, str]] = {
     ),
     "unknown key, nothing near": (
         put(["evaluate"], "colour", "red"),
-        "params.yaml: evaluate.colour: unknown key; valid keys: figure_slices",
+        "params.yaml: evaluate.colour: unknown key; valid keys: figure_slices, engine",
     ),
     "no paths section": (
         drop([], "paths"),
@@ -316,16 +322,16 @@ def test_yaml_that_is_not_a_mapping_is_one_line(project: Path) -> None:
         load_params()
 
 
-# --- the model's stored config (preprocessing.json) --------------------------------------------
+# --- the model's stored config (model_config.json) ---------------------------------------------
 
 
 def stored_config(folder: Path) -> Path:
-    """A model folder's preprocessing.json as training writes it."""
+    """A model folder's config under the legacy name, as older trainings wrote it."""
     pre = Preprocessing((-160.0, 240.0), 32, 3, pet_window=(0.0, 6.0))
     inference = check_inference(tiny_params()["inference"])
     folder.mkdir(parents=True, exist_ok=True)
-    save_config(folder / CONFIG_NAME, pre, inference)
-    return folder / CONFIG_NAME
+    write_model_config(folder / LEGACY_CONFIG_NAME, pre, inference)
+    return folder / LEGACY_CONFIG_NAME
 
 
 def edit(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
@@ -382,26 +388,26 @@ def test_bad_stored_config_is_refused_naming_the_file(tmp_path: Path, case: str)
     path = stored_config(tmp_path / "model")
     edit(path, change)
     with pytest.raises(SarcomaSegError) as refused:
-        load_config(path)
+        read_model_config(path)
     assert str(refused.value) == f"{path}: {message}"
 
 
 def test_a_stored_config_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / CONFIG_NAME
+    path = tmp_path / LEGACY_CONFIG_NAME
     path.write_text("[1, 2]")
     with pytest.raises(
         SarcomaSegError, match=r"preprocessing\.json: expected a mapping of keys, got list$"
     ):
-        load_config(path)
+        read_model_config(path)
 
 
 def test_an_older_models_config_without_the_later_keys_still_loads(tmp_path: Path) -> None:
-    path = tmp_path / CONFIG_NAME
+    path = tmp_path / LEGACY_CONFIG_NAME
     older = {"hu_window": [-160, 240], "image_size": 96, "channels": 3}
     path.write_text(json.dumps({**older, "inference": {"threshold": 0.5}}))
-    pre, inference = load_config(path)
-    assert pre == Preprocessing((-160.0, 240.0), 96, 3)
-    assert inference == {"threshold": 0.5}
+    config = read_model_config(path)
+    assert config.preprocessing == Preprocessing((-160.0, 240.0), 96, 3)
+    assert config.inference == Inference(0.5, "none", False, 0.0)  # what older models did
 
 
 def test_the_evaluate_stage_refuses_a_bad_stored_config(
@@ -416,10 +422,10 @@ def test_the_evaluate_stage_refuses_a_bad_stored_config(
         run_cli(evaluate.main)
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"error: data/model/{CONFIG_NAME}: inference.postprocess='rm -rf' is not allowed; "
+        f"error: data/model/{LEGACY_CONFIG_NAME}: inference.postprocess='rm -rf' is not allowed; "
         "choose one of: none, largest_component"
     ]
-    assert produced(project, ("data", "data/model", f"data/model/{CONFIG_NAME}")) == []
+    assert produced(project, ("data", "data/model", f"data/model/{LEGACY_CONFIG_NAME}")) == []
 
 
 def test_check_inference_refuses_unknown_keys_and_keeps_its_defaults() -> None:
@@ -428,6 +434,7 @@ def test_check_inference_refuses_unknown_keys_and_keeps_its_defaults() -> None:
         "postprocess": "none",
         "tta_flip": False,
         "z_sigma": 0.0,
+        "review_below": None,  # an older model carries no review rule
     }
     with pytest.raises(
         SarcomaSegError,

@@ -16,8 +16,14 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from sarcoma_seg.inference import CONFIG_NAME, MODEL_CONFIG_NAME, read_model_config, save_config
-from sarcoma_seg.model import MODEL_FILE, build_unet, save_unet
+from sarcoma_seg.model import build_unet, save_unet
+from sarcoma_seg.model_folder import (
+    LEGACY_CONFIG_NAME,
+    MODEL_CONFIG_NAME,
+    MODEL_FILE,
+    read_model_config,
+    write_model_config,
+)
 from sarcoma_seg.predict import lesion_summary, main, montage_slices, stored_config_name
 from sarcoma_seg.scans import read_dicom_series, read_nifti_scan
 from sarcoma_seg.settings import Inference
@@ -40,19 +46,19 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("model")
     section = save_unet(build_unet("resnet18", None, 3), folder / MODEL_FILE, "resnet18")
     pre = Preprocessing((-160.0, 240.0), 32, 3)
-    save_config(folder / MODEL_CONFIG_NAME, pre, INFERENCE, section)
+    write_model_config(folder / MODEL_CONFIG_NAME, pre, INFERENCE, section)
     return folder
 
 
 @pytest.fixture(scope="module")
 def png_model_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
     """The same U-Net, declared as trained on 8-bit exported slices, in an older model's folder
-    (its config named preprocessing.json)."""
+    (its config under LEGACY_CONFIG_NAME)."""
     folder = tmp_path_factory.mktemp("png-model")
     (folder / MODEL_FILE).write_bytes((model_dir / MODEL_FILE).read_bytes())
     pre = Preprocessing((0.0, 255.0), 32, 3, units="png8")
     section = read_model_config(model_dir / MODEL_CONFIG_NAME).model
-    save_config(folder / CONFIG_NAME, pre, INFERENCE, section)
+    write_model_config(folder / LEGACY_CONFIG_NAME, pre, INFERENCE, section)
     return folder
 
 
@@ -335,9 +341,11 @@ def test_predict_dicom_writes_an_rtstruct_that_reads_back_to_the_mask(
 
 
 def test_a_registry_model_is_fetched_with_its_config_by_either_name() -> None:
-    both = {MODEL_FILE, MODEL_CONFIG_NAME, CONFIG_NAME}
+    both = {MODEL_FILE, MODEL_CONFIG_NAME, LEGACY_CONFIG_NAME}
     assert stored_config_name(both) == MODEL_CONFIG_NAME
-    assert stored_config_name({MODEL_FILE, CONFIG_NAME}) == CONFIG_NAME  # an older version
+    assert (
+        stored_config_name({MODEL_FILE, LEGACY_CONFIG_NAME}) == LEGACY_CONFIG_NAME
+    )  # an older version
     assert stored_config_name({MODEL_FILE, "MLmodel"}) is None
 
 

@@ -204,11 +204,11 @@ def test_hu_windows_give_each_ct_channel_its_own_window() -> None:
 
 
 def test_hu_windows_survive_the_saved_config(tmp_path) -> None:
-    from sarcoma_seg.inference import load_config, save_config
+    from sarcoma_seg.model_folder import read_data_config, write_data_config
 
     pre = Preprocessing((-160.0, 240.0), 32, 3, hu_windows=((-160.0, 240.0), (0.0, 100.0)))
-    save_config(tmp_path / "preprocessing.json", pre)
-    assert load_config(tmp_path / "preprocessing.json")[0] == pre
+    write_data_config(tmp_path, pre)
+    assert read_data_config(tmp_path) == pre
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from sarcoma_seg.inference import MODEL_CONFIG_NAME, read_model_config, segment_volume
+from sarcoma_seg.inference import segment_volume
 from sarcoma_seg.io.store import load_volumes
 from sarcoma_seg.metrics import volume_scores
-from sarcoma_seg.model import load_unet
+from sarcoma_seg.model_folder import MODEL_CONFIG_NAME, load_unet, read_model_config
 from sarcoma_seg.stack import free_port
 from tests.conftest import committed_project, ran, run, tiny_params
 from tests.test_experiments import serving
