@@ -26,6 +26,7 @@ from sarcoma_seg.model import (
     seed_everything,
     validation_dice,
 )
+from sarcoma_seg.model_card import CARD_NAME, training_card, write_card
 from sarcoma_seg.model_folder import (
     MODEL_CONFIG_NAME,
     MODEL_FILE,
@@ -253,17 +254,41 @@ def check_settings(settings: Settings) -> None:
 
 
 def write_model(
-    folder: Path, model: tf.keras.Model, pre: Preprocessing, settings: Settings, run: Any
+    folder: Path,
+    model: tf.keras.Model,
+    pre: Preprocessing,
+    settings: Settings,
+    run: Any,
+    card: dict[str, Any],
 ) -> ModelSection:
     """The model folder's files: weights, the same network as ONNX, model_config.json
     (preprocessing, inference and the architecture, so that evaluate, the MLflow model and
-    predict agree) and the MLflow run id."""
+    predict agree), the model card (card: training_card's other arguments) and the run id."""
     section = save_unet(model, folder / MODEL_FILE, settings.train.backbone)
     # ONNX beside the weights: predict and evaluate run it without TensorFlow (issue 28)
     section = replace(section, onnx_sha256=export_onnx(model, folder / ONNX_FILE))
     write_model_config(folder / MODEL_CONFIG_NAME, pre, settings.inference, section)
+    card = training_card(section=section, pre=pre, inference=settings.inference, **card)
+    write_card(folder / CARD_NAME, card)
     tracking.write_run_info(folder / "mlflow_run.json", run)
     return section
+
+
+def card_facts(
+    settings: Settings, train_set: SliceSet, val_set: SliceSet, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """What the model card records of a training besides the model folder's own files."""
+    manifest = json.loads((settings.paths.raw / "manifest.json").read_text())
+    params = settings.as_params()
+    return {
+        "name": settings.train.registered_model,
+        "commit": tracking.git_commit(tracking.repo_root()),
+        "manifest": manifest,
+        "train_patients": sorted(set(train_set.patients.tolist())),
+        "val_patients": sorted(set(val_set.patients.tolist())),
+        "params": {k: params[k] for k in ("base", "data", "preprocess", "train", "inference")},
+        "training": summary,
+    }
 
 
 def write_results(
@@ -338,8 +363,9 @@ def run_training(settings: Settings, strategy: Any) -> None:
                     ckpt,
                     outbox,
                 )
-            section = write_model(staging, model, pre, settings, run)
-        summary = write_results(history, tp.monitor, paths)
+            summary = write_results(history, tp.monitor, paths)
+            facts = card_facts(settings, train_set, val_set, summary)
+            section = write_model(staging, model, pre, settings, run, facts)
         # the DVC outputs are complete; what follows only logs, so a rerun only finishes that
         runlog.flush_or_fail(outbox, uri)
         log_results(summary, section, settings)

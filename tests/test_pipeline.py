@@ -97,6 +97,14 @@ def test_mlflow_run_holds_everything_and_the_model_reloads(repo: Path) -> None:
     assert tags["dvc.experiment"] == "workspace" and len(tags["git.commit"]) == 40
     assert any(k.startswith("system/") for k in latest.data.metrics)  # system metrics on
     version = client.get_model_version("sarcoma-seg", "1")
+    # the model card: in the model folder, with the held-out figures in metrics/, and on the
+    # registered version as its description
+    card = json.loads((repo / "data" / "model" / "model_card.json").read_text())
+    assert card["data"]["train_patients"] > 0 and "low FDG uptake" in " ".join(card["limitations"])
+    evaluated = json.loads((repo / "metrics" / "model_card.json").read_text())
+    test = json.loads((repo / "metrics" / "evaluate.json").read_text())["test"]
+    assert evaluated["evaluation"]["dice_3d_mean"] == test["dice_3d_mean"]
+    assert "Limitations:" in version.description and "Held-out test" in version.description
     info = mlflow.models.get_model_info("models:/sarcoma-seg/1")
     assert info.signature is not None and info.saved_input_example_info is not None
     assert version.run_id in {r.info.run_id for r in runs}
