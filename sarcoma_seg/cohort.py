@@ -4,7 +4,6 @@ patient folders or an nnU-Net imagesTr (masks optional), or a DICOM tree (RTSTRU
 `--roi` picks the truth ROI as data.roi does)."""
 
 import csv
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from sarcoma_seg.errors import SarcomaSegError, anticipated
+from sarcoma_seg.io.common import read_json
 from sarcoma_seg.metrics import dice
+from sarcoma_seg.volumes import check_patient_id
 
 COHORT_TABLE = "cohort.csv"
 COLUMNS = ("patient", "voxels", "volume_cm3", "seconds", "dice_3d", "confidence", "needs_review")
@@ -130,13 +131,15 @@ def run_cohort(
     from tqdm import tqdm
 
     cases = cohort_cases(folder, roi)
+    for case in cases:  # each names a folder under out: refused before anything is written
+        check_patient_id(case.patient_id, f"--cohort {folder}")
     out.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
     for case in tqdm(cases, unit="patient", desc="cohort", disable=not progress):
         target = out / case.patient_id
         done = target / "summary.json"
         if done.is_file():  # a rerun into the same folder skips the patients already done
-            rows.append(table_row(case.patient_id, json.loads(done.read_text())))
+            rows.append(table_row(case.patient_id, read_json(done)))
             continue
         try:
             rows.append(table_row(case.patient_id, segment_case(case, segment, target)))

@@ -30,6 +30,17 @@ def choice(name: str, value: object, allowed: Iterable[object]) -> object:
     return value
 
 
+MAX_LINE = 400  # characters of an error line; longer ones (a 100 kB path, say) keep both ends
+
+
+def brief(line: str, limit: int = MAX_LINE) -> str:
+    """A line cut to about `limit` characters: its start and its end (what is wrong) kept."""
+    if len(line) <= limit:
+        return line
+    head, tail = limit * 2 // 3, limit // 3
+    return f"{line[:head]} ... ({len(line) - head - tail} characters) ... {line[-tail:]}"
+
+
 def one_line(exc: BaseException) -> str:
     """A library's error text on one line (nibabel's and h5py's messages span several), or the
     exception's type name where it has no text."""
@@ -72,7 +83,7 @@ def run_cli(main: Callable[[], None]) -> None:
         line = anticipated(exc)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
+        print(f"error: {brief(line)}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     finally:
         if in_main_thread:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sarcoma_seg.config import STORED_INFERENCE, check_mapping, check_model_config
-from sarcoma_seg.errors import SarcomaSegError, one_line
+from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.io.common import read_json
 from sarcoma_seg.settings import Inference, ModelSection
 from sarcoma_seg.transforms import Preprocessing
 
@@ -18,6 +19,7 @@ MODEL_CONFIG_NAME = "model_config.json"  # preprocessing, inference, architectur
 # what models trained before model_config.json called their whole config (registry versions
 # hold it): the one documented fallback, read with the same checks
 LEGACY_CONFIG_NAME = "preprocessing.json"
+MAX_CONFIG_BYTES = 64 << 10  # a stored config is ~1 kB; 64 kB leaves room, a 200 MB one is refused
 DATA_CONFIG_NAME = "data_config.json"  # the preprocessed data's Preprocessing (no model yet)
 # what models stored before these inference keys existed did: no postprocessing, no flip, no
 # smoothing, no review rule (new models store every key, from params.yaml)
@@ -91,9 +93,10 @@ def read_model_config(path: Path) -> ModelConfig:
     """A stored config, every key checked against config.MODEL_CONFIG, as ModelConfig (a model
     section's backbone and hashes are checked where the model is opened)."""
     try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise SarcomaSegError(f"{path}: cannot read the stored config ({one_line(exc)})") from exc
+        config = read_json(path, MAX_CONFIG_BYTES)
+    except SarcomaSegError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise SarcomaSegError(f"{path}: cannot read the stored config ({reason})") from None
     try:
         check_model_config(config)
     except SarcomaSegError as exc:

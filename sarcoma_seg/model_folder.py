@@ -12,6 +12,7 @@ from typing import Any
 
 from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError, choice
+from sarcoma_seg.io.common import check_inside
 from sarcoma_seg.model_config import (
     DATA_CONFIG_NAME,
     LEGACY_CONFIG_NAME,
@@ -78,6 +79,7 @@ def load_unet(folder: Path, config: Path | None = None) -> Any:
 
     folder = Path(folder)
     path, config = folder / MODEL_FILE, Path(config or model_config_path(folder))
+    check_inside(path, folder, "the model folder")
     section = check_model_section(config, read_model_config(config).model)
     choice(f"{config}: model.backbone", section.backbone, unet.backbones())
     if not path.is_file():
@@ -114,8 +116,12 @@ class OpenedModel:
 
 def read_folder_config(folder: Path, config: Path | None = None) -> FolderConfig:
     """A model folder's stored config (model_config.json, an older model's preprocessing.json,
-    or `config`), checked whole and required to say how the model infers; no TensorFlow."""
+    or `config`), checked whole and required to say how the model infers; no TensorFlow. None
+    of the folder's files may be a link that leads out of it."""
     folder = Path(folder)
+    for name in (MODEL_FILE, ONNX_FILE, MODEL_CONFIG_NAME, LEGACY_CONFIG_NAME):
+        if (folder / name).exists() or (folder / name).is_symlink():
+            check_inside(folder / name, folder, "the model folder")
     where = Path(config or model_config_path(folder))
     found = read_model_config(where)
     inference = require_inference(where, found)

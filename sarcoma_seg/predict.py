@@ -88,6 +88,8 @@ def model_folder(uri: str, scratch: Path) -> Path:
     """A local folder holding model.h5 and its stored config, from a path or an MLflow URI
     (a registry version through the local cache, sarcoma_seg.model_cache)."""
     if uri.startswith(MLFLOW_SCHEMES):
+        if ".." in uri.split("/"):  # runs:/<id>/../.. would leave the run's artifact folder
+            raise SarcomaSegError(f"model {uri}: '..' is not allowed in a model URI")
         from sarcoma_seg.model_cache import cached_model
         from sarcoma_seg.tracking import tracking_uri
 

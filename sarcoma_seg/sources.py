@@ -12,6 +12,7 @@ from sarcoma_seg import __version__, config, kaggle_source, phantom
 from sarcoma_seg.digest import file_sha256
 from sarcoma_seg.errors import SarcomaSegError, choice
 from sarcoma_seg.io import dicom, nifti, png
+from sarcoma_seg.io.common import check_inside
 from sarcoma_seg.io.hdf5 import find_kaggle_h5, read_kaggle_h5
 from sarcoma_seg.io.store import STORE, write_store
 from sarcoma_seg.settings import Data
@@ -112,6 +113,8 @@ def describe(source: str, data: Data, seed: int) -> tuple[str, Any]:
 
 def file_entries(root: Path, files: list[Path]) -> list[dict[str, Any]]:
     """name (posix path relative to root), bytes and sha256 of every input file, by name."""
+    for p in files:  # every file read: none may lead outside data.path through a link
+        check_inside(p, root)
     entries = [
         {
             "name": Path(p).relative_to(root).as_posix(),

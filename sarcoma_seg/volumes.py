@@ -5,6 +5,7 @@ HDF5 check that a file reads only itself is in io/hdf5.py), and the checks for s
 (labels that look like an image, the same patient under two ids, odd values worth a warning)."""
 
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -61,6 +62,22 @@ class Volume:
     warnings: list[str] = field(default_factory=list)  # odd findings of the reader, for the log
 
 
+# a patient id names an HDF5 group, an output folder and a table row: no '/', no '..', no
+# leading dot or dash, no spaces; TCIA (STS_001), Kaggle, nnU-Net case and phantom ids all fit
+PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_patient_id(patient_id: str, where: str) -> str:
+    """The id, if it fits PATIENT_ID; else one line naming where it came from."""
+    if not isinstance(patient_id, str) or not PATIENT_ID.fullmatch(patient_id):
+        shown = repr(patient_id)[:80]
+        raise SarcomaSegError(
+            f"{where}: patient id {shown} is not allowed; use 1-64 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
+        )
+    return patient_id
+
+
 def check_volume(volume: Volume, raw_label: np.ndarray) -> None:
     """Validate shapes, finiteness and label values of one patient."""
     where = f"{volume.provenance} (patient {volume.patient_id})"
@@ -89,6 +106,7 @@ def validated_volume(
 ) -> Volume:
     """A reader's patient as a Volume checked by check_volume: any label > 0 is tumour, and the
     mask is kept as uint8 0/1."""
+    check_patient_id(patient_id, provenance)  # before anything else: it names files and groups
     volume = Volume(patient_id, ct, raw_label > 0, pet, spacing, provenance, units, warnings or [])
     check_volume(volume, raw_label)
     volume.mask = volume.mask.astype(np.uint8)

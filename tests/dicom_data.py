@@ -1,6 +1,7 @@
 """Tiny synthetic DICOM for tests: an axial CT series, an RTSTRUCT drawn on it and a PET series,
 written with pydicom; every tag a test may break is a keyword argument."""
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -193,12 +194,12 @@ def write_patient(root: Path, pid: str, pet: bool = False, **ct_tags: Any) -> di
 
 
 def flat_copy(root: Path, flat: Path) -> Path:
-    """Every file under root as a symlink in one flat folder, with meaningless names."""
+    """Every file under root copied into one flat folder, with meaningless names."""
     flat.mkdir(parents=True)
     files = sorted(p for p in root.rglob("*") if p.is_file())
     order = np.random.default_rng(0).permutation(len(files))
     for i, path in zip(order, files):
-        (flat / f"f{i:05d}").symlink_to(path.resolve())
+        shutil.copyfile(path, flat / f"f{i:05d}")
     return flat
 
 

@@ -35,10 +35,8 @@ def phantom(shape: tuple[int, int, int] = (6, 40, 48)) -> np.ndarray:
     return hu
 
 
-@pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_model_folder(folder: Path) -> Path:
     """An untrained U-Net saved as train saves it: weights, model.onnx and their hashes."""
-    folder = tmp_path_factory.mktemp("onnx-model")
     model = build_unet("resnet18", None, 3)
     section = save_unet(model, folder / MODEL_FILE, "resnet18")
     section = type(section)(
@@ -48,6 +46,12 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         folder / MODEL_CONFIG_NAME, Preprocessing((-160.0, 240.0), 32, 3), INFERENCE, section
     )
     return folder
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """build_model_folder in a module-wide folder."""
+    return build_model_folder(tmp_path_factory.mktemp("onnx-model"))
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,22 @@ an odd number of the slice's contours (even-odd: a contour inside another is a h
 """
 
 import datetime
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
+import regex  # data.roi with a timeout (re has none): ROI names come from untrusted files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
+from sarcoma_seg.config import MAX_SPACING_MM
 from sarcoma_seg.errors import SarcomaSegError, one_line
-from sarcoma_seg.io.common import Scan, where_of
+from sarcoma_seg.io.common import Scan, check_inside, where_of
 from sarcoma_seg.io.grid import (
     PetReader,
     canonical_scan,
@@ -34,7 +35,7 @@ from sarcoma_seg.io.grid import (
     internal_axes,
     pet_onto_grid,
 )
-from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume
+from sarcoma_seg.volumes import MAX_SLICES, MAX_VOXELS, Volume, check_patient_id
 
 SKIP_NAMES = {"DICOMDIR"}  # index files that sit beside a series and hold no pixels
 IMAGE_MODALITIES = ("CT", "PT")
@@ -43,6 +44,12 @@ NON_IMAGE_MODALITIES = {"RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "SEG", "SR", "PR"
 DICOM_ERRORS = (InvalidDicomError, AttributeError, ValueError, TypeError, OSError, EOFError)
 # ImageOrientationPatient cosines within this of 0 or 1 count as axis-aligned (DS values carry
 # ~1e-6 rounding; a gantry tilt of 0.1 degree already moves them by 2e-3)
+# a tracer's physical half-life: F-18 6586 s, C-11 1223 s, Ga-68 4063 s, Zr-89 ~2.8 days
+MIN_HALF_LIFE_S, MAX_HALF_LIFE_S = 60.0, 1e7
+# body weight (g) / decayed dose (Bq): ~70 kg / 370 MBq = 2e-4; a tag off by orders of magnitude
+# (a dose of 1e308) would make the PET all zeros or all infinities without a word
+SUV_FACTOR_RANGE = (1e-9, 1.0)
+ROI_MATCH_SECONDS = 1.0  # data.roi on one ROI name; a plain pattern takes microseconds
 AXIS_TOL = 1e-4
 # slice positions may wander this much (mm) off a regular grid, or off the slice normal, before
 # a series counts as unevenly spaced or tilted: DS rounding is ~1e-5 mm, a missing slice ~3 mm
@@ -93,14 +100,19 @@ class DicomPatient:
 
 
 def _candidate_files(folder: Path) -> list[Path]:
-    """Every visible file under folder (symlinks followed), sorted."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-    return [
-        p
-        for p in files
-        if not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.name not in SKIP_NAMES
-    ]
+    """Every visible file under folder, sorted; a link that leads out of the folder (to a file
+    or a folder) is refused before it is read, and a link to a folder is never walked silently."""
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.is_symlink():
+            check_inside(path, folder)
+            if path.is_dir():  # rglob does not walk into it: say so rather than drop it
+                raise SarcomaSegError(f"{path}: a link to a folder; move or copy the folder in")
+        if path.is_file() and path.name not in SKIP_NAMES:
+            found.append(path)
+    return found
 
 
 def read_header(path: Path) -> Dataset | None:
@@ -141,6 +153,7 @@ def discover(folder: Path) -> tuple[dict[str, DicomPatient], list[Path]]:
         pid = _text(ds, "PatientID")
         if not pid:
             raise SarcomaSegError(f"{path}: no PatientID; cannot tell whose {modality} it is")
+        check_patient_id(pid, str(path))  # names the store's group and predict's folders
         patient = patients.setdefault(pid, DicomPatient(pid))
         if modality == "RTSTRUCT":
             patient.structures.append((path, ds))
@@ -264,7 +277,8 @@ def grid_of(series: Series) -> Grid:
     headers = [series.headers[i] for i in order]
     origins, along = origins[order], along[order]
     _check_positions(files, origins, along, normal, pid)
-    step = float(np.diff(along).mean()) if len(along) > 1 else _thickness(headers[0])
+    one = where_of(files[0], pid)
+    step = float(np.diff(along).mean()) if len(along) > 1 else _thickness(headers[0], one)
     row_mm, col_mm = (float(v) for v in spacings[0])
     lps = np.eye(4)
     lps[:3, 0] = row_dir * col_mm  # i runs along a row, i.e. across columns
@@ -278,13 +292,19 @@ def grid_of(series: Series) -> Grid:
     )  # fmt: skip
 
 
-def _thickness(ds: Dataset) -> float:
-    """The slice step of a one-slice series: SliceThickness, else 1 mm."""
+def _thickness(ds: Dataset, where: str) -> float:
+    """The slice step of a one-slice series: SliceThickness, 1 mm where it is absent; a value
+    that is not a positive number is refused, not replaced."""
+    raw = ds.get("SliceThickness")
+    if raw is None or raw == "":
+        return 1.0
     try:
-        value = float(ds.get("SliceThickness", 1.0) or 1.0)
+        value = float(raw)
     except (TypeError, ValueError):
-        value = 1.0
-    return value if np.isfinite(value) and value > 0 else 1.0
+        value = float("nan")
+    if not (np.isfinite(value) and 0 < value <= MAX_SPACING_MM):
+        raise SarcomaSegError(f"{where}: SliceThickness {raw!s:.40} is not a positive size in mm")
+    return value
 
 
 def _check_positions(
@@ -325,7 +345,7 @@ def read_pixels(grid: Grid) -> np.ndarray:
         try:
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array  # decode now, so that a truncated file fails here
-        except DICOM_ERRORS as exc:
+        except (*DICOM_ERRORS, RuntimeError, NotImplementedError) as exc:  # decoders' own errors
             raise SarcomaSegError(
                 f"{where_of(path, pid)}: unreadable or truncated DICOM pixel data ({one_line(exc)})"
             ) from exc
@@ -398,6 +418,18 @@ def structures_for(
     return found
 
 
+def roi_matches(roi: str, name: str, path: Path, pid: str) -> bool:
+    """data.roi against one ROI name from an untrusted file, in bounded time: a pattern with
+    catastrophic backtracking ((a+)+$ against 40 a's and a '!') is refused, not run for minutes."""
+    try:
+        return regex.search(roi, name, timeout=ROI_MATCH_SECONDS) is not None
+    except TimeoutError:
+        raise SarcomaSegError(
+            f"{where_of(path, pid)}: data.roi={roi[:80]!r} took more than {ROI_MATCH_SECONDS} s "
+            f"on the ROI name {name[:64]!r}; use a simpler pattern"
+        ) from None
+
+
 def choose_roi(
     structures: list[tuple[Path, Dataset]], roi: str, pid: str
 ) -> tuple[Path, Dataset, str]:
@@ -407,7 +439,7 @@ def choose_roi(
         for item in ds.get("StructureSetROISequence", []):
             name = _text(item, "ROIName")
             names.append(name)
-            if re.search(roi, name):
+            if roi_matches(roi, name, path, pid):
                 matches.append((path, ds, item.get("ROINumber"), name))
     if len(matches) != 1:
         count = "no ROI matches" if not matches else f"{len(matches)} ROIs match"
@@ -546,9 +578,20 @@ def suv_factor(ds: Dataset, where: str) -> float:
         raise SarcomaSegError(f"{where}: BQML PET without SeriesTime or AcquisitionTime")
     elapsed = _seconds(scan_time, where, "SeriesTime") - start
     elapsed += 86400 if elapsed < 0 else 0  # injected before midnight, scanned after
-    if dose <= 0 or half_life <= 0 or weight_g <= 0:
+    if not all(np.isfinite(v) and v > 0 for v in (dose, half_life, weight_g)):
         raise SarcomaSegError(f"{where}: BQML PET with non-positive dose, half life or weight")
-    return weight_g / (dose * 2.0 ** (-elapsed / half_life))
+    if not MIN_HALF_LIFE_S <= half_life <= MAX_HALF_LIFE_S:
+        raise SarcomaSegError(
+            f"{where}: BQML PET RadionuclideHalfLife {half_life:g} s is not a tracer's "
+            f"({MIN_HALF_LIFE_S:g} to {MAX_HALF_LIFE_S:g} s)"
+        )
+    factor = weight_g / (dose * 2.0 ** (-elapsed / half_life))
+    if not SUV_FACTOR_RANGE[0] <= factor <= SUV_FACTOR_RANGE[1]:
+        raise SarcomaSegError(
+            f"{where}: BQML PET gives an SUV factor of {factor:.3g} (dose {dose:.3g} Bq, weight "
+            f"{weight_g / 1000:g} kg); outside {SUV_FACTOR_RANGE}, the tags are not plausible"
+        )
+    return factor
 
 
 def read_pet(grid: Grid, where: str) -> np.ndarray:

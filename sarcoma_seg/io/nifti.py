@@ -24,6 +24,7 @@ from nibabel.orientations import io_orientation
 from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.io.common import (
     Scan,
+    check_inside,
     require_folder,
     visible_entries,
     where_of,
@@ -172,7 +173,17 @@ def _nifti_cases(folder: Path, masks: bool = True) -> list[NiftiCase]:
             f"{NNUNET_LABELS}/<case>.nii.gz)"
         )
     _refuse_duplicate_patients(cases)
+    check_links(cases, folder)
     return sorted(cases, key=lambda c: c.patient_id)
+
+
+def check_links(cases: list[NiftiCase], folder: Path) -> None:
+    """Every file of every case inside the folder: a link (to a file or a patient folder) that
+    leads out of it is refused before anything is read."""
+    for case in cases:
+        for path in (case.ct, case.mask, case.pet):
+            if path is not None:
+                check_inside(path, folder)
 
 
 def nifti_inputs(folder: Path) -> list[Path]:
@@ -298,6 +309,7 @@ def cohort_cases(folder: Path) -> list[NiftiCase]:
     where the folder has neither layout (a DICOM tree, say)."""
     cases = _ibsi_cases(folder, masks=False) + _nnunet_cases(folder, masks=False)
     _refuse_duplicate_patients(cases)
+    check_links(cases, folder)
     return sorted(cases, key=lambda c: c.patient_id)
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.io.common import (
     Scan,
+    check_inside,
     require_folder,
     visible_entries,
     where_of,
@@ -94,6 +95,8 @@ def slice_files(folder: Path) -> list[SliceFile]:
     found: dict[tuple[str, int], SliceFile] = {}
     for image_dir, mask_dir in folder_pairs:
         for item in _pair_slice_files(image_dir, mask_dir):
+            check_inside(item.image, folder)  # links may not lead out of data.path
+            check_inside(item.mask, folder)
             key = (item.patient_id, item.index)
             # a slice in two folders is refused even when identical: the original folders are
             # disjoint, so a repeat means a bad merge, and refusing needs no pixel comparison

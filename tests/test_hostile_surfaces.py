@@ -1,0 +1,210 @@
+"""The surfaces added last round, tried as a hostile user would (issue 30): DICOM trees with
+hostile patient ids, ROI patterns, PET tags and pixel data; links that lead out of data.path;
+model folders and URIs that lead elsewhere. Each is one `error:` line, exit 1, nothing written."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless
+
+from sarcoma_seg.errors import SarcomaSegError, brief, run_cli
+from sarcoma_seg.io import dicom
+from sarcoma_seg.io.common import read_json
+from stages import download
+from tests import dicom_data
+from tests.test_hostile_data import (
+    assert_nothing_written,
+    assert_one_error_line,
+    project,  # noqa: F401  (the fixture)
+    write_params,
+)
+from tests.test_onnx import build_model_folder, run_predict
+from tests.test_readers import ibsi_patient
+
+
+def dicom_case(root: Path, **data) -> dict:
+    """The data section of a dicom source at root/in."""
+    return {"source": "dicom", "path": str(root / "in"), **data}
+
+
+def retag(folder: Path, keyword: str, value) -> None:
+    """One tag rewritten in every DICOM file under folder."""
+    for path in sorted(folder.rglob("*.dcm")):
+        dicom_data.set_tag(path, keyword, value)
+
+
+def hostile_id(value: str):
+    """A patient whose PatientID is value in every file."""
+
+    def build(root: Path) -> tuple[dict, tuple[str, ...]]:
+        dicom_data.write_patient(root / "in", "STS_001")
+        retag(root / "in", "PatientID", value)
+        return dicom_case(root), ("patient id", "is not allowed")
+
+    return build
+
+
+def backtracking_roi(root: Path) -> tuple[dict, tuple[str, ...]]:
+    """An ROI name that makes data.roi='(a|aa)+$' backtrack for minutes."""
+    ct = dicom_data.write_ct(root / "in" / "ct", "STS_001")
+    dicom_data.write_rtstruct(root / "in" / "rs.dcm", "STS_001", ct, names=("a" * 40 + "!",))
+    return dicom_case(root, roi="(a|aa)+$"), ("rs.dcm", "took more than", "simpler pattern")
+
+
+def bqml_pet(**drug_tags) -> callable:
+    """A BQML PET whose radiopharmaceutical tags are drug_tags (F-18 otherwise)."""
+
+    def build(root: Path) -> tuple[dict, tuple[str, ...]]:
+        ct = dicom_data.write_patient(root / "in", "STS_001")
+        drug = dicom_data.Dataset()
+        drug.RadionuclideTotalDose = drug_tags.get("dose", 4e8)
+        drug.RadionuclideHalfLife = drug_tags.get("half_life", 6588.0)
+        drug.RadiopharmaceuticalStartTime = "100000.00"
+        dicom_data.write_pet(
+            root / "in" / "STS_001" / "PET", "STS_001", ct, units="BQML", PatientWeight=80.0,
+            SeriesTime="114948.00",
+            RadiopharmaceuticalInformationSequence=dicom_data.Sequence([drug]),
+        )  # fmt: skip
+        return dicom_case(root), ("PT000.dcm", drug_tags["named"])
+
+    return build
+
+
+def undecodable_pixels(root: Path) -> tuple[dict, tuple[str, ...]]:
+    """One CT slice declared JPEG 2000 whose pixel data is garbage."""
+    dicom_data.write_patient(root / "in", "STS_001")
+    path = root / "in" / "STS_001" / "CT" / "image" / "CT002.dcm"
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51" + b"\0" * 64])
+    ds.save_as(path, enforce_file_format=True)
+    return dicom_case(root), ("CT002.dcm", "STS_001", "unreadable or truncated DICOM pixel data")
+
+
+def linked_dicom_file(root: Path) -> tuple[dict, tuple[str, ...]]:
+    """A DICOM file of the patient linked from outside data.path."""
+    dicom_data.write_patient(root / "in", "STS_001")
+    outside = root / "outside.dcm"
+    slice_file = root / "in" / "STS_001" / "CT" / "image" / "CT001.dcm"
+    shutil.move(slice_file, outside)
+    slice_file.symlink_to(outside)
+    return dicom_case(root), ("CT001.dcm", "outside data.path")
+
+
+def linked_dicom_folder(root: Path) -> tuple[dict, tuple[str, ...]]:
+    """A patient folder linked from outside data.path."""
+    dicom_data.write_patient(root / "elsewhere", "STS_002")
+    dicom_data.write_patient(root / "in", "STS_001")
+    (root / "in" / "STS_002").symlink_to(root / "elsewhere" / "STS_002", target_is_directory=True)
+    return dicom_case(root), ("STS_002", "outside data.path")
+
+
+def linked_nifti_folder(root: Path) -> tuple[dict, tuple[str, ...]]:
+    """A NIfTI patient folder linked from outside data.path."""
+    ibsi_patient(root / "in", "STS_001")
+    ibsi_patient(root / "elsewhere", "STS_004")
+    (root / "in" / "STS_004").symlink_to(root / "elsewhere" / "STS_004", target_is_directory=True)
+    return {"source": "nifti", "path": str(root / "in")}, ("STS_004", "outside data.path")
+
+
+CASES = {
+    "dicom-patient-id-traversal": hostile_id("../../evil"),
+    "dicom-patient-id-slash": hostile_id("STS/004"),
+    "dicom-patient-id-dot": hostile_id("."),
+    "dicom-roi-backtracking": backtracking_roi,
+    "dicom-bqml-half-life-1e-300": bqml_pet(half_life=1e-300, named="RadionuclideHalfLife"),
+    "dicom-bqml-dose-1e308": bqml_pet(dose=1e308, named="SUV factor"),
+    "dicom-undecodable-pixels": undecodable_pixels,
+    "dicom-file-linked-from-outside": linked_dicom_file,
+    "dicom-folder-linked-from-outside": linked_dicom_folder,
+    "nifti-folder-linked-from-outside": linked_nifti_folder,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_tree_is_one_line_and_keeps_previous_data(
+    project: Path,  # noqa: F811
+    tmp_path: Path,
+    name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data, named = CASES[name](tmp_path)
+    write_params(project, data)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(download.main)
+    assert exit_info.value.code == 1
+    assert_one_error_line(capsys.readouterr().err, named)
+    assert_nothing_written(project)
+
+
+def test_a_one_slice_ct_with_a_negative_thickness_is_refused(tmp_path: Path) -> None:
+    ds = pydicom.Dataset()
+    ds.SliceThickness = -3.0
+    with pytest.raises(SarcomaSegError, match="SliceThickness -3.0 is not a positive size"):
+        dicom._thickness(ds, "CT000.dcm")
+    assert dicom._thickness(pydicom.Dataset(), "CT000.dcm") == 1.0  # absent: 1 mm, documented
+
+
+def test_json_files_are_bounded_and_named(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SarcomaSegError, match=r"deep\.json: invalid JSON \(nested too deeply\)"):
+        read_json(deep)
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(200 << 20)  # 200 MB of zeros, sparse: never read whole
+    with pytest.raises(SarcomaSegError, match=r"big\.json: more than 65536 bytes"):
+        read_json(big, 64 << 10)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{")
+    with pytest.raises(SarcomaSegError, match=r"binary\.json: invalid JSON"):
+        read_json(binary)
+
+
+def test_a_long_error_line_keeps_both_ends() -> None:
+    line = "data.path='" + "x" * 100_000 + "': no such folder"
+    short = brief(line)
+    assert len(short) < 450 and short.startswith("data.path='xxx") and short.endswith("folder")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved (untrained) model folder, as tests/test_onnx.py builds it."""
+    return build_model_folder(tmp_path_factory.mktemp("model"))
+
+
+def test_model_folder_links_and_uris_that_lead_elsewhere_are_refused(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ct = tmp_path / "ct.nii.gz"
+    ibsi_patient(tmp_path / "in", "STS_001")
+    shutil.copy(tmp_path / "in" / "STS_001" / "CT_image.nii.gz", ct)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for item in model_dir.iterdir():
+        shutil.copy(item, linked / item.name)
+    os.replace(linked / "model.onnx", tmp_path / "model.onnx")
+    (linked / "model.onnx").symlink_to(tmp_path / "model.onnx")
+    code, _, stderr = run_predict(
+        [str(ct), "--model", str(linked), "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 1 and "outside the model folder" in stderr and not (tmp_path / "o").exists()
+    uri = "runs:/0123456789abcdef/model/../../../etc"
+    code, _, stderr = run_predict([str(ct), "--model", uri, "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and "'..' is not allowed in a model URI" in stderr
+
+
+def test_a_nested_model_config_is_one_line(model_dir: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    (folder / "model_config.json").write_text("[" * 20_000 + "]" * 20_000)  # 40 kB, too deep
+    ibsi_patient(tmp_path / "in", "STS_001")
+    ct = tmp_path / "in" / "STS_001" / "CT_image.nii.gz"
+    code, _, stderr = run_predict(
+        [str(ct), "--model", str(folder), "--out", str(tmp_path / "o")], capsys
+    )
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "nested too deeply" in lines[0]
