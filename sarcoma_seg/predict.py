@@ -7,6 +7,9 @@ geometry, an overlay montage and a JSON summary.
 """
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,9 +338,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check_out(out: Path) -> None:
-    """Refuse an output that names a file (results go into a folder), before any inference."""
+    """Refuse, before any inference, an output that names a file (results go into a folder) or
+    that cannot be made: its nearest existing ancestor must be a folder this process can write."""
     if out.exists() and not out.is_dir():
         raise SarcomaSegError(f"--out {out}: is an existing file; give a folder")
+    ancestor = out.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SarcomaSegError(f"--out {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SarcomaSegError(f"--out {out}: cannot write in {ancestor}")
+
+
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold --out for this run: a second predict into the same folder is refused at once
+    instead of both writing and the last one winning. The lock file lies in the temporary
+    folder, named by the output's absolute path, so nothing appears beside the output."""
+    key = hashlib.sha256(str(out.absolute()).encode()).hexdigest()[:24]
+    with (Path(tempfile.gettempdir()) / f"sarcoma-seg-predict-{key}.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SarcomaSegError(f"--out {out}: another predict is writing it") from None
+        yield
 
 
 def check_batch_size(batch_size: int | None) -> None:
@@ -355,7 +380,7 @@ def run_cohort_command(args: argparse.Namespace) -> None:
 
     out = args.out or Path("predictions") / args.cohort.name
     check_out(out)
-    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
+    with out_lock(out), tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
         model = open_model(args.model, Path(scratch), args.batch_size, args.engine)
 
         def segment(scan: Scan, target: Path, finish: Callable) -> dict[str, Any]:
@@ -379,7 +404,7 @@ def run(args: argparse.Namespace) -> None:
     out = args.out or Path("predictions") / scan_stem(args.input, args.patient)
     check_out(out)
     reader_name(args.input)  # a missing or unknown input: refused before anything slow starts
-    with tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
+    with out_lock(out), tempfile.TemporaryDirectory(prefix="sarcoma-predict-") as scratch:
         try:
             model = open_model(args.model, Path(scratch), args.batch_size, args.engine)
         except SarcomaSegError:

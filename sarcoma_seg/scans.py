@@ -77,4 +77,6 @@ def read_scan(path: Path, patient_id: str | None = None, pet: Path | None = None
     if name == "read_png_slice":
         return reader(Path(path))
     scan_name = Path(path).name if name == "read_dicom_series" else str(path)
+    if name == "read_dicom_series" and pet is not None and Path(pet).is_dir():
+        importlib.import_module("sarcoma_seg.io.dicom").check_same_frame(Path(path), Path(pet))
     return reader(Path(path), pet_reader(pet, scan_name) if pet is not None else None)

@@ -127,6 +127,15 @@ def test_rtstruct_written_for_a_mask_reads_back_to_it(tmp_path: Path) -> None:
 CROSSCHECK = ("STS_002", "STS_019")
 
 
+def test_predict_refuses_a_dicom_pet_in_another_frame_of_reference(tmp_path: Path) -> None:
+    from sarcoma_seg.scans import read_scan
+
+    ct = write_patient(tmp_path / "in", "P1")
+    write_pet(tmp_path / "in" / "P1" / "PET", "P1", {**ct, "frame": "1.2.3.4"})
+    with pytest.raises(SarcomaSegError, match=r"PT000\.dcm: PET frame of reference differs"):
+        read_scan(tmp_path / "in" / "P1" / "CT" / "image", pet=tmp_path / "in" / "P1" / "PET")
+
+
 @pytest.mark.realdata
 def test_real_dicom_equals_the_ibsi_nifti(shared_data: Path) -> None:
     from sarcoma_seg.io import nifti

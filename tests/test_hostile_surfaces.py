@@ -208,3 +208,27 @@ def test_a_nested_model_config_is_one_line(model_dir: Path, tmp_path: Path, caps
     )
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "nested too deeply" in lines[0]
+
+
+def test_a_bad_out_is_refused_before_inference_and_one_out_has_one_writer(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import fcntl
+    import hashlib
+    import tempfile
+
+    ibsi_patient(tmp_path / "in", "STS_001")
+    ct = tmp_path / "in" / "STS_001" / "CT_image.nii.gz"
+    (tmp_path / "a-file").write_text("x")
+    code, _, stderr = run_predict(
+        [str(ct), "--model", str(model_dir), "--out", str(tmp_path / "a-file" / "o")], capsys
+    )
+    assert code == 1 and "a-file is a file, not a folder" in stderr and "segmenting" not in stderr
+    out = tmp_path / "busy"
+    key = hashlib.sha256(str(out.absolute()).encode()).hexdigest()[:24]
+    with (Path(tempfile.gettempdir()) / f"sarcoma-seg-predict-{key}.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another predict holds this --out
+        code, _, stderr = run_predict(
+            [str(ct), "--model", str(model_dir), "--out", str(out)], capsys
+        )
+    assert code == 1 and "another predict is writing it" in stderr and not out.exists()

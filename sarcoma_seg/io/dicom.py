@@ -726,6 +726,18 @@ def _one_series(folder: Path, modality: str) -> Grid:
     return grid_of(next(iter(series.values())))
 
 
+def check_same_frame(ct_folder: Path, pet_folder: Path) -> None:
+    """predict with a DICOM CT and a DICOM PET: both series in one frame of reference (as the
+    dicom source requires), from their headers, before any pixels are read."""
+    ct, pet = _one_series(ct_folder, "CT"), _one_series(pet_folder, "PT")
+    frame = _text(ct.headers[0], "FrameOfReferenceUID")
+    if _text(pet.headers[0], "FrameOfReferenceUID") != frame:
+        raise SarcomaSegError(
+            f"{pet.files[0]}: PET frame of reference differs from the CT's {frame or 'none'} "
+            f"({ct_folder}); cannot place it on the CT"
+        )
+
+
 def read_ct_series(folder: Path) -> tuple[Grid, np.ndarray]:
     """predict's input: the one CT series of a folder (its grid and HU)."""
     grid = _one_series(folder, "CT")
