@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -13,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 
 from sarcoma_seg.digest import file_sha256
-from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.errors import SarcomaSegError, one_line
 from sarcoma_seg.settings import Settings
 
 # at the repo root, git- and dvc-ignored and outside every DVC out: DVC neither deletes nor caches
@@ -22,6 +24,7 @@ FOLDER = ".checkpoints"
 STATE = "state.npz"
 RUN = "run.json"
 LOCK = "lock"
+STATE_KEYS = {"epoch", "member", "stopped", "history"}  # what a saved epoch's meta holds
 # the params sections dvc.yaml gives the train stage, minus none: any change is another training
 TRAIN_SECTIONS = ("base", "preprocess", "train", "inference")
 CODE = Path(__file__).resolve().parents[1]  # the checkout whose code trains
@@ -71,15 +74,29 @@ class Checkpoint:
     writer: bool = True
 
     def load(self) -> dict[str, Any] | None:
-        """The last completed epoch's state, or None if training has not completed one."""
+        """The last completed epoch's state, or None if training has not completed one; a
+        state file that cannot be read (truncated, damaged, not ours) is discarded with a
+        warning, so that the next training starts afresh instead of failing forever."""
         path = self.folder / STATE
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as npz:  # arrays only: no code in a checkpoint
-            state = json.loads(str(npz["meta"]))
-            state["weights"] = _arrays(npz, "w")
-            state["optimizer"] = _arrays(npz, "o")
+        try:
+            with np.load(path, allow_pickle=False) as npz:  # arrays only: no code in it
+                state = json.loads(str(npz["meta"]))
+                if not isinstance(state, dict) or not set(state) >= STATE_KEYS:
+                    raise ValueError(f"meta lacks {sorted(STATE_KEYS)}")
+                state["weights"] = _arrays(npz, "w")
+                state["optimizer"] = _arrays(npz, "o")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            self.discard(f"unreadable ({one_line(exc)})")
+            return None
         return state
+
+    def discard(self, why: str) -> None:
+        """Drop a state that cannot be resumed, saying so (a reader only says so)."""
+        print(f"warning: {self.folder / STATE}: {why}; training starts afresh", file=sys.stderr)
+        if self.writer:
+            (self.folder / STATE).unlink(missing_ok=True)
 
     def save(self, meta: dict[str, Any], weights: list, optimizer: list) -> None:
         """Write one epoch's state atomically (a reader writes nothing)."""

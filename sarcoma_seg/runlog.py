@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -17,7 +18,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from sarcoma_seg.errors import SarcomaSegError
+from sarcoma_seg.errors import SarcomaSegError, brief, one_line
 
 # MLflow's own retry settings, set on purpose (a user's environment still wins): MLflow 3's
 # defaults (7 retries, backoff factor 2, 120 s timeout) stall an epoch for minutes while the
@@ -154,16 +155,21 @@ class Outbox:
             os.fsync(f.fileno())
 
     def pending(self) -> list[dict[str, Any]]:
-        """The steps still waiting (a line torn by a kill is dropped: its epoch is resent from
-        the checkpoint's history)."""
+        """The steps still waiting: a line torn by a kill, not UTF-8, or not a step with its
+        metrics is dropped with a warning (its epoch is resent from the checkpoint's history)."""
         if not self.path.is_file():
             return []
         lines = []
-        for line in self.path.read_text().splitlines():
+        for number, raw in enumerate(self.path.read_bytes().splitlines(), start=1):
             try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError:
+                item = json.loads(raw.decode("utf-8"))
+                if not valid_item(item):
+                    raise ValueError("not a step with its metrics")
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                where = f"{self.path}:{number}"
+                print(f"warning: {where}: dropped ({brief(one_line(exc), 80)})", file=sys.stderr)
                 continue
+            lines.append(item)
         return lines
 
     def send(self) -> bool:
@@ -190,6 +196,17 @@ class Outbox:
         """What is waiting, for the error line."""
         steps = sorted({int(item["step"]) + 1 for item in self.pending()})
         return f"metrics of epoch(s) {', '.join(map(str, steps))}" if steps else "nothing"
+
+
+def valid_item(item: Any) -> bool:
+    """An outbox line as Outbox.add writes it: an int step and a mapping of finite numbers."""
+    if not isinstance(item, dict) or not isinstance(item.get("step"), int):
+        return False
+    metrics = item.get("metrics")
+    return isinstance(metrics, dict) and all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in metrics.items()
+    )
 
 
 def log_epoch(outbox: Outbox | None, metrics: dict[str, float], step: int) -> bool:

@@ -44,6 +44,24 @@ from sarcoma_seg.transforms import Preprocessing, build_augmentation
 SYSTEM_METRICS_SECONDS = 5  # CPU, memory (and GPU where present) every 5 s: minutes-long runs
 
 
+def resumable(ckpt: Checkpoint, model: tf.keras.Model, epochs: int) -> dict[str, Any] | None:
+    """The checkpoint's state if this training can resume it: an epoch within train.epochs and
+    weights of this model's shapes; anything else is discarded with a warning (a checkpoint
+    claiming epoch 1,000,000,000 must not publish a one-epoch model as a finished one)."""
+    state = ckpt.load()
+    if state is None:
+        return None
+    epoch, member = state["epoch"], state["member"]
+    if not (isinstance(epoch, int) and 1 <= epoch <= epochs and isinstance(member, int)):
+        ckpt.discard(f"epoch {str(epoch)[:20]} is not one of train.epochs={epochs}")
+        return None
+    shapes = [tuple(w.shape) for w in model.get_weights()]
+    if [tuple(w.shape) for w in state["weights"]] != shapes:
+        ckpt.discard("its weights do not fit this model")
+        return None
+    return state
+
+
 def fit_member(
     train_set: SliceSet,
     val_set: SliceSet,
@@ -66,7 +84,7 @@ def fit_member(
     model = build_unet(tp.backbone, tp.encoder_weights, pre.input_channels, tp.bn_momentum)
     model = distribute.float32_output(model)
     augment = build_augmentation(tp.augment, pre.image_size, seed, pre.pet_window is not None)
-    state = ckpt.load() if ckpt else None
+    state = resumable(ckpt, model, tp.epochs) if ckpt else None
     if state is not None and state["member"] != member:
         state = None  # the checkpoint is an earlier member's last epoch: this one starts afresh
     first = state["epoch"] if state else 0  # every batch is a function of (seed, epoch, position)

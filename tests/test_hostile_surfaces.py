@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
@@ -232,3 +233,72 @@ def test_a_bad_out_is_refused_before_inference_and_one_out_has_one_writer(
             [str(ct), "--model", str(model_dir), "--out", str(out)], capsys
         )
     assert code == 1 and "another predict is writing it" in stderr and not out.exists()
+
+
+class StubModel:
+    """What resumable() asks of a model: its weights' shapes."""
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [np.zeros((3, 3)), np.zeros(3)]
+
+
+def saved_state(root: Path, epoch, weights=None):
+    """A checkpoint folder whose state says epoch, with weights (default: StubModel's)."""
+    from sarcoma_seg.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(root, "k")
+    meta = {"epoch": epoch, "member": 0, "stopped": False, "history": {"loss": [1.0]}}
+    ckpt.save(meta, weights if weights is not None else StubModel().get_weights(), [])
+    return ckpt
+
+
+@pytest.mark.parametrize(
+    ("damage", "warning"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:40]), "unreadable"),
+        (lambda p: p.write_bytes(b"not a zip at all"), "unreadable"),
+        (lambda p: np.savez(p.open("wb"), meta=np.array("[1, 2]")), "meta lacks"),
+    ],
+)
+def test_a_damaged_checkpoint_is_discarded_and_training_starts_afresh(
+    tmp_path: Path, damage, warning: str, capsys: pytest.CaptureFixture
+) -> None:
+    from sarcoma_seg.training import resumable
+
+    ckpt = saved_state(tmp_path, 1)
+    damage(ckpt.folder / "state.npz")
+    assert resumable(ckpt, StubModel(), 3) is None
+    assert warning in capsys.readouterr().err and not (ckpt.folder / "state.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("epoch", "weights", "warning"),
+    [
+        (1_000_000_000, None, "epoch 1000000000 is not one of train.epochs=3"),
+        ("2", None, "epoch 2 is not one of"),
+        (1, [np.zeros((4, 4)), np.zeros(3)], "weights do not fit this model"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_is_discarded(
+    tmp_path: Path, epoch, weights, warning: str, capsys: pytest.CaptureFixture
+) -> None:
+    from sarcoma_seg.training import resumable
+
+    ckpt = saved_state(tmp_path, epoch, weights)
+    assert resumable(ckpt, StubModel(), 3) is None
+    assert warning in capsys.readouterr().err
+    assert resumable(saved_state(tmp_path / "ok", 2), StubModel(), 3)["epoch"] == 2
+
+
+def test_bad_outbox_lines_are_dropped_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from sarcoma_seg.runlog import Outbox
+
+    outbox = Outbox(tmp_path, "run")
+    outbox.add({"loss": 1.0}, 0)
+    with outbox.path.open("ab") as f:
+        f.write(b'{"step": 0}\n\xff\xfe not utf-8\n{"step": 1, "metrics": {"loss": "x"}}\n')
+    outbox.add({"loss": 0.5}, 1)
+    assert [item["step"] for item in outbox.pending()] == [0, 1]
+    assert capsys.readouterr().err.count("dropped") == 3
