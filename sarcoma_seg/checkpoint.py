@@ -27,6 +27,7 @@ LOCK = "lock"
 STATE_KEYS = {"epoch", "member", "stopped", "history"}  # what a saved epoch's meta holds
 # the params sections dvc.yaml gives the train stage, minus none: any change is another training
 TRAIN_SECTIONS = ("base", "preprocess", "train", "inference")
+NOT_TRAINING = ("checkpoint_budget_mb",)  # train keys that do not change what is trained
 CODE = Path(__file__).resolve().parents[1]  # the checkout whose code trains
 # restorable counters of the Keras callbacks train may add (EarlyStopping, ReduceLROnPlateau,
 # ModelCheckpoint); their on_train_begin resets them, so they are restored after it
@@ -39,6 +40,7 @@ def checkpoint_key(settings: Settings, preprocessed: Path) -> str:
     digest = hashlib.sha256()
     params = settings.as_params()
     sections = {k: params[k] for k in TRAIN_SECTIONS}
+    sections["train"] = {k: v for k, v in sections["train"].items() if k not in NOT_TRAINING}
     digest.update(json.dumps(sections, sort_keys=True, default=str).encode())
     for path in sorted(Path(preprocessed).iterdir()):
         if path.is_file():
@@ -168,6 +170,39 @@ def open_checkpoint(root: Path, key: str, writer: bool = True) -> Checkpoint:
             "wait for it or stop it"
         ) from None
     return Checkpoint(folder, lock)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files in a folder (not following links)."""
+    return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def last_saved(folder: Path) -> float:
+    """When a checkpoint folder last saved an epoch (its newest .npz), 0 if it saved none."""
+    return max((p.stat().st_mtime for p in folder.glob("*.npz")), default=0.0)
+
+
+def prune(root: Path, keep: Path, budget_bytes: float) -> list[tuple[Path, int]]:
+    """Remove the checkpoints of trainings that are not running (their lock is free) and not
+    `keep`, oldest first, until the rest fit in budget_bytes; return what was removed (the
+    caller logs it). A running training's folder, locked, is never touched."""
+    folders = [f for f in (Path(root) / FOLDER).glob("train-*") if f.is_dir() and f != keep]
+    folders.sort(key=last_saved, reverse=True)  # the most recently saved first: kept longest
+    removed, total = [], 0
+    for folder in folders:
+        size = folder_bytes(folder)
+        if total + size <= budget_bytes:
+            total += size
+            continue
+        with (folder / LOCK).open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                total += size  # another training is running on it: it stays, and it counts
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+        removed.append((folder, size))
+    return removed
 
 
 def checkpointed_epochs(root: Path) -> int:

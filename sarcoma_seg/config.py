@@ -220,6 +220,7 @@ TRAIN = {
     "registered_model": text(),  # model.check_train_params refuses '/' in it
     "distribute": one_of(*STRATEGY_NAMES),
     "mixed_precision": flag(),
+    "checkpoint_budget_mb": number(0, 1e6),  # checkpoint.prune: stale ones beyond it removed
     "augment": section(AUGMENT),
 }
 INFERENCE = {

@@ -114,6 +114,7 @@ class Train:
     registered_model: str
     distribute: str
     mixed_precision: bool
+    checkpoint_budget_mb: float
     augment: dict[str, dict[str, Any]]
 
 

@@ -4,6 +4,7 @@ history and the metrics while tracking it all in MLflow. The train stage is its 
 
 import csv
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,10 @@ def run_training(settings: Settings, strategy: Any) -> None:
         checkpoint.checkpoint_key(settings, paths.preprocessed),
         distribute.writes_checkpoint(tp.distribute),
     )
+    budget = tp.checkpoint_budget_mb * 2**20
+    if distribute.writes_checkpoint(tp.distribute):  # the chief prunes; workers only read
+        for folder, size in checkpoint.prune(tracking.repo_root(), ckpt.folder, budget):
+            print(f"removed the stale checkpoint {folder} ({size / 2**20:.0f} MB)", file=sys.stderr)
     for folder in (paths.plots, paths.figures):
         folder.mkdir(parents=True, exist_ok=True)
     tracking.use_experiment(tp.mlflow_experiment)

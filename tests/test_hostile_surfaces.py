@@ -302,3 +302,30 @@ def test_bad_outbox_lines_are_dropped_with_a_warning(
     outbox.add({"loss": 0.5}, 1)
     assert [item["step"] for item in outbox.pending()] == [0, 1]
     assert capsys.readouterr().err.count("dropped") == 3
+
+
+def test_stale_checkpoints_are_pruned_to_the_budget_and_a_running_one_is_kept(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+    import time
+
+    from sarcoma_seg.checkpoint import FOLDER, folder_bytes, prune
+
+    root = tmp_path / ".checkpoints"
+    for i in range(6):  # six queued experiments' leftovers, 100 kB each, oldest first
+        folder = root / f"train-{i}"
+        folder.mkdir(parents=True)
+        (folder / "state.npz").write_bytes(b"\0" * 100_000)
+        os.utime(folder / "state.npz", (time.time() - 600 + i, time.time() - 600 + i))
+    current = root / "train-current"
+    current.mkdir()
+    with (root / "train-0" / "lock").open("a") as running:
+        fcntl.flock(running, fcntl.LOCK_EX)  # the oldest is a training still running
+        removed = prune(tmp_path, current, 250_000)
+    # newest kept while they fit (5, 4); 3, 2, 1 removed; 0 is running: kept whatever its age
+    assert {f.name for f, _ in removed} == {"train-1", "train-2", "train-3"}
+    left = [f for f in (tmp_path / FOLDER).glob("train-*") if f != current]
+    assert {f.name for f in left} == {"train-0", "train-4", "train-5"}
+    stale = sum(folder_bytes(f) for f in left if f.name != "train-0")
+    assert stale <= 250_000 and current.is_dir()
