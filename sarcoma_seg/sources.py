@@ -173,11 +173,21 @@ def build_manifest(
     }
 
 
+DEFAULT_SOURCE = "synthetic"  # params.yaml's data.source, what data.sources leaves untouched
+
+
 def source_entries(data: Data) -> list[Data]:
     """The data sections of each source to read: data.sources entries (each a copy of data with
     its own source and path), or data itself when data.sources is null."""
     if not data.sources:
         return [data]
+    if data.path is not None or data.source != DEFAULT_SOURCE:
+        # one of them was set by hand and would be ignored without a word
+        raise SarcomaSegError(
+            f"data.sources is set, so data.source={data.source!r} and data.path="
+            f"{str(data.path)[:80]!r} are not read; leave them at {DEFAULT_SOURCE!r} and null, or "
+            "add that source to data.sources"
+        )
     return [replace(data, source=e.source, path=e.path, sources=None) for e in data.sources]
 
 

@@ -329,3 +329,30 @@ def test_stale_checkpoints_are_pruned_to_the_budget_and_a_running_one_is_kept(
     assert {f.name for f in left} == {"train-0", "train-4", "train-5"}
     stale = sum(folder_bytes(f) for f in left if f.name != "train-0")
     assert stale <= 250_000 and current.is_dir()
+
+
+def test_data_source_and_path_beside_data_sources_are_refused_not_ignored(
+    project: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ibsi_patient(tmp_path / "in", "STS_001")
+    sources = [{"source": "nifti", "path": str(tmp_path / "in")}]
+    write_params(project, {"sources": sources, "source": "dicom", "path": "x" * 100_000})
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(download.main)
+    assert exit_info.value.code == 1
+    line = assert_one_error_line(capsys.readouterr().err, ("data.sources is set", "not read"))
+    assert len(line) < 500  # a 100 kB value is not echoed whole
+    assert_nothing_written(project)
+
+
+def test_too_many_contours_are_refused_before_they_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dicom, "MAX_CONTOURS", 2)  # the default outline has more contours
+    dicom_data.write_patient(tmp_path / "in", "STS_001")
+    with pytest.raises(
+        SarcomaSegError, match=r"RS\.dcm \(patient STS_001\): the ROI holds \d+ contours"
+    ):
+        dicom.read_dicom(tmp_path / "in", "GTV")

@@ -49,7 +49,9 @@ MIN_HALF_LIFE_S, MAX_HALF_LIFE_S = 60.0, 1e7
 # body weight (g) / decayed dose (Bq): ~70 kg / 370 MBq = 2e-4; a tag off by orders of magnitude
 # (a dose of 1e308) would make the PET all zeros or all infinities without a word
 SUV_FACTOR_RANGE = (1e-9, 1.0)
-ROI_MATCH_SECONDS = 1.0  # data.roi on one ROI name; a plain pattern takes microseconds
+ROI_MATCH_SECONDS = 1.0
+# contours of one ROI: one or a few per slice of at most MAX_SLICES slices in real structure sets
+MAX_CONTOURS = 20_000  # data.roi on one ROI name; a plain pattern takes microseconds
 AXIS_TOL = 1e-4
 # slice positions may wander this much (mm) off a regular grid, or off the slice normal, before
 # a series counts as unevenly spaced or tilted: DS rounding is ~1e-5 mm, a missing slice ~3 mm
@@ -502,6 +504,12 @@ def _even_odd(polygons: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
 def rasterise(grid: Grid, contours: Dataset, where: str) -> np.ndarray:
     """The ROI's closed contours as a (slices, rows, cols) uint8 mask on the series' grid."""
     per_slice: dict[int, list[np.ndarray]] = {}
+    count = len(contours.get("ContourSequence", []))
+    if count > MAX_CONTOURS:  # counted before any is read: 200,000 would take a minute
+        raise SarcomaSegError(
+            f"{where}: the ROI holds {count} contours, more than the {MAX_CONTOURS} a tumour "
+            "outline needs; refusing it"
+        )
     tolerance = CONTOUR_SLICE_TOL * grid.step
     origins = [
         np.array([float(v) for v in ds.ImagePositionPatient], dtype=float) for ds in grid.headers
