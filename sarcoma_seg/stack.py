@@ -29,11 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sarcoma_seg.errors import SarcomaSegError, run_cli
+from sarcoma_seg.io.common import read_json
 
 BUCKET = "sarcoma-seg"  # the team bucket: DVC under dvc/, MLflow artifacts under mlflow/
 REGION = "us-east-1"  # moto accepts any; boto3 needs one
 ADMIN = "admin"
 STATE_DIR = ".stack"  # under the project root; gitignored
+PG_PREFIX = "sarcoma-pg-"  # PostgreSQL's data folder, made by `up` in the temporary folder
 START_SECONDS = 90  # a cold MLflow server (migrations on an empty database) on a busy machine
 PG_GLOB = "/usr/lib/postgresql/*/bin/initdb"  # Debian's layout (package postgresql)
 
@@ -131,7 +133,7 @@ def new_stack(state_dir: Path) -> Stack:
     """Fresh ports, folders and secrets for a stack whose files go to state_dir."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=False)
     # PostgreSQL's data dir must belong to the user it runs as, outside folders it cannot enter
-    pg_dir = Path(tempfile.mkdtemp(prefix="sarcoma-pg-"))
+    pg_dir = Path(tempfile.mkdtemp(prefix=PG_PREFIX))
     if os.geteuid() == 0:
         shutil.chown(pg_dir, "postgres", "postgres")
     return Stack(
@@ -322,7 +324,7 @@ def terminate(pids: list[int], seconds: float = 20) -> None:
 
 def stop(stack: Stack) -> None:
     """Stop MLflow, S3 and PostgreSQL (in that order) and delete their data and secrets."""
-    terminate([stack.pids[name] for name in ("mlflow", "s3") if name in stack.pids])
+    terminate([stack.pids[name] for name in ("mlflow", "s3") if ours(stack, name)])
     data = Path(stack.pg_dir) / "data"
     if (data / "postmaster.pid").is_file():
         ctl = [str(Path(stack.pg_bin) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
@@ -348,11 +350,46 @@ def running_stack(state_dir: Path | None = None) -> Iterator[Stack]:
 
 
 def load_state(state_dir: Path) -> Stack:
-    """The stack that `up` started, from its state.json."""
+    """The stack that `up` started, from its state.json, checked before anything trusts it:
+    its folders must be this state folder and a PostgreSQL folder `up` makes in the temporary
+    folder, its PostgreSQL binaries the installed ones (a tampered file is refused)."""
     path = state_dir / "state.json"
     if not path.is_file():
         raise SarcomaSegError(f"{path}: no stack is running here (python -m sarcoma_seg.stack up)")
-    return Stack(**json.loads(path.read_text()))
+    try:
+        stack = Stack(**read_json(path, 64 << 10))
+    except TypeError as exc:
+        raise SarcomaSegError(f"{path}: not a stack's state ({exc})") from None
+    pg_dir = Path(str(stack.pg_dir))
+    checks = {
+        "state_dir": Path(str(stack.state_dir)).resolve() == state_dir.resolve(),
+        "pg_dir": pg_dir.parent.resolve() == Path(tempfile.gettempdir()).resolve()
+        and pg_dir.name.startswith(PG_PREFIX)
+        and not pg_dir.is_symlink(),
+        "pg_bin": Path(str(stack.pg_bin)) == postgres_bin(),
+        "pids": isinstance(stack.pids, dict)
+        and all(isinstance(p, int) and p > 1 for p in stack.pids.values()),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise SarcomaSegError(f"{path}: {key} is not what `up` writes; refusing to act on it")
+    return stack
+
+
+def ours(stack: Stack, name: str) -> bool:
+    """Whether the process `up` recorded under name is still that server: a group leader whose
+    command line names the server and its port (a reused pid is someone else's process)."""
+    pid = stack.pids.get(name)
+    if pid is None or not alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        leader = os.getpgid(pid) == pid
+    except OSError:
+        return False
+    port = str(stack.mlflow_port if name == "mlflow" else stack.s3_port).encode()
+    program = b"mlflow" if name == "mlflow" else b"moto_server"
+    return leader and port in cmdline and any(program in part for part in cmdline)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 hostile patient ids, ROI patterns, PET tags and pixel data; links that lead out of data.path;
 model folders and URIs that lead elsewhere. Each is one `error:` line, exit 1, nothing written."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -356,3 +357,54 @@ def test_too_many_contours_are_refused_before_they_are_read(
         SarcomaSegError, match=r"RS\.dcm \(patient STS_001\): the ROI holds \d+ contours"
     ):
         dicom.read_dicom(tmp_path / "in", "GTV")
+
+
+def fake_stack_state(folder: Path, **changes) -> Path:
+    """A state folder whose state.json looks like `up`'s, with changes."""
+    import tempfile
+
+    from sarcoma_seg import stack
+
+    folder.mkdir(parents=True)
+    pg_dir = Path(tempfile.mkdtemp(prefix=stack.PG_PREFIX))
+    state = {
+        "state_dir": str(folder), "pg_dir": str(pg_dir), "pg_bin": str(stack.postgres_bin()),
+        "pg_port": 1, "s3_port": 2, "mlflow_port": 3, "pg_password": "p", "aws_key_id": "k",
+        "aws_secret": "s", "admin_password": "a", "pids": {},
+    } | changes  # fmt: skip
+    (folder / "state.json").write_text(json.dumps(state))
+    return pg_dir
+
+
+def test_stack_down_refuses_a_tampered_state_and_spares_unrelated_processes(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from sarcoma_seg import stack
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    made = [fake_stack_state(tmp_path / "s1", pg_dir=str(precious))]
+    with pytest.raises(SarcomaSegError, match=r"state\.json: pg_dir is not what `up` writes"):
+        stack.stop(stack.load_state(tmp_path / "s1"))
+    made.append(fake_stack_state(tmp_path / "s2", state_dir=str(precious)))
+    with pytest.raises(SarcomaSegError, match=r"state_dir is not what `up` writes"):
+        stack.load_state(tmp_path / "s2")
+    assert (precious / "keep.txt").read_text() == "mine"
+    # a stale state whose pid now belongs to another process group: that one is not killed
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        pg_dir = fake_stack_state(tmp_path / "s3", pids={"mlflow": other.pid, "s3": other.pid})
+        stack.stop(stack.load_state(tmp_path / "s3"))
+        assert other.poll() is None  # still running
+        assert not pg_dir.exists() and not (tmp_path / "s3").exists()  # the stack's own folders
+    finally:
+        other.kill()
+        other.wait()
+        for folder in made:  # the temporary folders the refused states were never allowed
+            shutil.rmtree(folder, ignore_errors=True)
