@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -129,6 +131,19 @@ def end_status(exc: BaseException) -> str:
     name = type(exc).__name__
     interrupted = not isinstance(exc, Exception) or "Terminat" in name or "Interrupt" in name
     return "KILLED" if interrupted else "FAILED"
+
+
+@contextmanager
+def reopened(run_id: str) -> Iterator[Any]:
+    """A finished run opened again to log into (evaluate): FINISHED when the block ends, KILLED
+    on SIGINT or SIGTERM, FAILED on an error, as training's runs end."""
+    run = mlflow.start_run(run_id=run_id)
+    try:
+        yield run
+    except BaseException as exc:
+        end_run_quietly(end_status(exc))
+        raise
+    mlflow.end_run()
 
 
 def end_run_quietly(status: str) -> None:

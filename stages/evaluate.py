@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 
-from sarcoma_seg import model_card, tracking
+from sarcoma_seg import model_card, runlog, tracking
 from sarcoma_seg.errors import run_cli
 from sarcoma_seg.inference import segment_reviewed
 from sarcoma_seg.io.store import load_volumes
@@ -57,7 +57,7 @@ def log_evaluation(settings, summary: dict, engine: str, patients: Path, card: d
     paths = settings.paths
     tracking.use_experiment(settings.train.mlflow_experiment)
     run_id = tracking.read_run_id(paths.model / "mlflow_run.json")
-    with mlflow.start_run(run_id=run_id):
+    with runlog.reopened(run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in summary.items()})
         mlflow.set_tag("evaluate.engine", engine)
         mlflow.log_artifact(str(paths.metrics / "per_patient.csv"), artifact_path="evaluation")

@@ -2,6 +2,7 @@
 hostile patient ids, ROI patterns, PET tags and pixel data; links that lead out of data.path;
 model folders and URIs that lead elsewhere. Each is one `error:` line, exit 1, nothing written."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -408,3 +409,28 @@ def test_stack_down_refuses_a_tampered_state_and_spares_unrelated_processes(
         other.wait()
         for folder in made:  # the temporary folders the refused states were never allowed
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [(None, "FINISHED"), ("terminated", "KILLED"), ("error", "FAILED")],
+)
+def test_a_reopened_run_ends_killed_on_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised, status: str
+) -> None:
+    import mlflow
+
+    from sarcoma_seg.errors import Terminated
+    from sarcoma_seg.runlog import reopened
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        pass  # the training's run, FINISHED
+    problem = {"terminated": Terminated(15), "error": ValueError("x")}.get(raised)
+    expected = pytest.raises(type(problem)) if problem else contextlib.nullcontext()
+    with expected, reopened(run.info.run_id):
+        mlflow.log_metric("test_dice_3d_mean", 0.5)
+        if problem:
+            raise problem  # SIGTERM arrives while evaluate logs
+    assert mlflow.get_run(run.info.run_id).info.status == status
