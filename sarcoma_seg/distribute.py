@@ -83,14 +83,13 @@ def make_strategy(name: str) -> Any:
 
 def worker_settings(settings: Settings) -> Settings:
     """The settings this process trains with: unchanged on the chief; on the other workers of a
-    cluster, outputs and the MLflow store move to a temporary folder (they train in lockstep
-    but write nothing that DVC, git or the real MLflow store sees)."""
+    cluster, outputs move to a temporary folder (they train in lockstep but write nothing that
+    DVC or git sees; training.train_as_worker logs nothing to MLflow either)."""
     if settings.train.distribute != "multi_worker" or is_chief(tf_config()):
         return settings
     scratch = Path(tempfile.mkdtemp(prefix="sarcoma-seg-worker-"))
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     moved = {key: scratch / key for key in WORKER_PATHS}
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
     return replace(settings, paths=replace(settings.paths, **moved))
 
 

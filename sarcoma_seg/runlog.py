@@ -224,9 +224,33 @@ def valid_item(item: Any) -> bool:
     )
 
 
+class Silent(Outbox):
+    """The outbox of a process that logs nothing at all (a cluster's non-chief worker)."""
+
+    def __init__(self) -> None:
+        self.path, self.run_id = Path(os.devnull), ""
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        """Keep nothing."""
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Nothing waits."""
+        return []
+
+    def send(self) -> bool:
+        """Nothing to send."""
+        return True
+
+
+SILENT = Silent()
+
+
 def log_epoch(outbox: Outbox | None, metrics: dict[str, float], step: int) -> bool:
     """Log one epoch's metrics, sending older waiting ones first; keep them in the outbox if the
-    server does not take them (no outbox: log straight away). True if sent."""
+    server does not take them (no outbox: log straight away; SILENT: log nothing). True if
+    sent."""
+    if isinstance(outbox, Silent):
+        return True
     if outbox is None:
         mlflow.log_metrics(metrics, step=step)
         return True
@@ -262,7 +286,7 @@ def logged_steps(run_id: str, key: str) -> set[int]:
 def backfill(outbox: Outbox, history: dict[str, list[float]], prefix: str = "") -> list[int]:
     """Log the checkpointed epochs the run lacks (a kill between checkpoint and logging), and
     no epoch twice; return the epochs logged."""
-    if not history:
+    if not history or isinstance(outbox, Silent):
         return []
     have = logged_steps(outbox.run_id, f"{prefix}loss") | {
         int(item["step"]) for item in outbox.pending()

@@ -5,6 +5,7 @@ history and the metrics while tracking it all in MLflow. The train stage is its 
 import csv
 import json
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,29 @@ def log_results(summary: dict[str, float | int], section: ModelSection, settings
     log_pyfunc(paths.model, settings.train.registered_model)
 
 
+def train_as_worker(
+    settings: Settings, strategy: Any, pre: Preprocessing, train_set: SliceSet, val_set: SliceSet
+) -> None:
+    """A non-chief worker of a cluster: trains in lockstep with the chief (restoring from its
+    checkpoint), and writes and logs nothing: no MLflow run, no store, no model folder."""
+    tp = settings.train
+    key = checkpoint.checkpoint_key(settings, settings.paths.preprocessed)
+    ckpt = checkpoint.open_checkpoint(tracking.repo_root(), key, writer=False)
+    with tempfile.TemporaryDirectory(prefix="sarcoma-seg-worker-") as scratch, strategy.scope():
+        _, history = train(
+            train_set,
+            val_set,
+            tp,
+            settings.base.seed,
+            settings.inference.threshold,
+            pre,
+            Path(scratch),
+            ckpt,
+            runlog.SILENT,
+        )
+    print(f"best epoch {chosen_epoch(history, tp.monitor) + 1} (worker: nothing written)")
+
+
 def run_training(settings: Settings, strategy: Any) -> None:
     """Validate, train inside one MLflow run (resuming a killed training from its checkpoint),
     write the model, history and metrics, then finish the logging."""
@@ -347,6 +371,8 @@ def run_training(settings: Settings, strategy: Any) -> None:
     train_set = load_slice_set(paths.preprocessed / "train.npz")
     val_set = load_slice_set(paths.preprocessed / "val.npz")
     check_validation(val_set, tp.monitor)
+    if not distribute.writes_checkpoint(tp.distribute):
+        return train_as_worker(settings, strategy, pre, train_set, val_set)
     runlog.configure_http_retries()
     uri = tracking.tracking_uri()
     runlog.check_reachable(uri)  # before anything is trained or written
@@ -357,9 +383,8 @@ def run_training(settings: Settings, strategy: Any) -> None:
         distribute.writes_checkpoint(tp.distribute),
     )
     budget = tp.checkpoint_budget_mb * 2**20
-    if distribute.writes_checkpoint(tp.distribute):  # the chief prunes; workers only read
-        for folder, size in checkpoint.prune(tracking.repo_root(), ckpt.folder, budget):
-            print(f"removed the stale checkpoint {folder} ({size / 2**20:.0f} MB)", file=sys.stderr)
+    for folder, size in checkpoint.prune(tracking.repo_root(), ckpt.folder, budget):
+        print(f"removed the stale checkpoint {folder} ({size / 2**20:.0f} MB)", file=sys.stderr)
     for folder in (paths.plots, paths.figures):
         folder.mkdir(parents=True, exist_ok=True)
     tracking.use_experiment(tp.mlflow_experiment)

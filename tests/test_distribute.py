@@ -118,12 +118,17 @@ def start_training(repo: Path, extra_env: dict[str, str]) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def start_cluster(repos: list[Path], cluster: dict[str, list[str]]) -> list[subprocess.Popen]:
-    """One multi_worker training per checkout, worker i in repos[i]."""
+def start_cluster(
+    repos: list[Path], cluster: dict[str, list[str]], envs: list[dict] | None = None
+) -> list[subprocess.Popen]:
+    """One multi_worker training per checkout, worker i in repos[i] (with envs[i] added)."""
     tasks = [
         {"cluster": cluster, "task": {"type": "worker", "index": i}} for i in range(len(repos))
     ]
-    return [start_training(r, {"TF_CONFIG": json.dumps(t)}) for r, t in zip(repos, tasks)]
+    envs = envs or [{} for _ in repos]
+    return [
+        start_training(r, {"TF_CONFIG": json.dumps(t)} | e) for r, t, e in zip(repos, tasks, envs)
+    ]
 
 
 def finish(procs: list[subprocess.Popen]) -> list[str]:
@@ -161,7 +166,12 @@ def test_two_workers_train_and_only_the_chief_writes(project: Path, tmp_path: Pa
     for repo in (project, worker):
         set_train(repo, distribute="multi_worker")
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
-    outputs = finish(start_cluster([project, worker], cluster))
+    # the worker is pointed at a store of its own: it must make no run there (nor anywhere)
+    store = tmp_path / "worker-store" / "mlflow.db"
+    store.parent.mkdir()
+    envs = [{}, {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"}]
+    outputs = finish(start_cluster([project, worker], cluster, envs))
+    assert not store.exists() and "(worker: nothing written)" in outputs[1]
     assert (project / "data" / "model" / "model.h5").is_file()
     assert json.loads((project / "metrics" / "train.json").read_text())["epochs_run"] == 1
     with sqlite3.connect(project / "mlflow.db") as db:

@@ -47,7 +47,7 @@ def test_other_workers_write_to_a_temporary_folder(monkeypatch: pytest.MonkeyPat
         assert getattr(moved, key).is_relative_to(moved.model.parent)
         assert "sarcoma-seg-worker-" in str(getattr(moved, key))
     assert moved.preprocessed == settings.paths.preprocessed  # reads the data
-    assert "sarcoma-seg-worker-" in os.environ["MLFLOW_TRACKING_URI"]
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///real.db"  # it never logs: untouched
     root = Path("repo")
     assert state_root("multi_worker", moved.model, root) == moved.model.parent
     monkeypatch.setenv("TF_CONFIG", json.dumps(task | {"task": {"type": "worker", "index": 0}}))
@@ -77,14 +77,15 @@ def test_every_worker_restores_the_chiefs_checkpoint_and_only_the_chief_writes(
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
     assert writes_checkpoint("multi_worker")
     chief = open_checkpoint(tmp_path, "key", writes_checkpoint("multi_worker"))  # locked
-    chief.save({"epoch": 3}, [np.ones(2)], [np.zeros(1)])
+    meta = {"epoch": 3, "member": 0, "stopped": False, "history": {}}
+    chief.save(meta, [np.ones(2)], [np.zeros(1)])
     chief.save_run_id("run-of-the-chief")
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster | {"task": {"type": "worker", "index": 1}}))
     assert not writes_checkpoint("multi_worker")
     worker = open_checkpoint(tmp_path, "key", writes_checkpoint("multi_worker"))  # the same folder
     state = worker.load()
     assert state is not None and state["epoch"] == 3 and np.array_equal(state["weights"][0], [1, 1])
-    worker.save({"epoch": 4}, [np.zeros(2)], [np.zeros(1)])  # ignored: the chief writes
+    worker.save(meta | {"epoch": 4}, [np.zeros(2)], [np.zeros(1)])  # ignored: the chief writes
     worker.save_run_id("run-of-the-worker")
     worker.remove()  # ignored too: the chief removes it once its run is logged
     assert chief.load()["epoch"] == 3 and chief.run_id() == "run-of-the-chief"
