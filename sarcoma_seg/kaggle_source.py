@@ -43,7 +43,7 @@ def config_dir(env: Mapping[str, str], home: Path) -> Path:
     return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_json_or_empty(path: Path) -> dict[str, Any]:
     """A JSON object from path, or {} if it is missing or unreadable."""
     try:
         data = json.loads(path.read_text())
@@ -66,7 +66,7 @@ def credentials_present(env: Mapping[str, str] | None = None, home: Path | None 
     home = Path.home() if home is None else Path(home)
     if env.get("KAGGLE_API_TOKEN"):
         return True
-    config = read_json(config_dir(env, home) / "kaggle.json")
+    config = read_json_or_empty(config_dir(env, home) / "kaggle.json")
     # kaggle merges kaggle.json with KAGGLE_* variables, so a pair may come half from each
     if (env.get("KAGGLE_USERNAME") or config.get("username")) and (
         env.get("KAGGLE_KEY") or config.get("key")
@@ -76,7 +76,7 @@ def credentials_present(env: Mapping[str, str] | None = None, home: Path | None 
     if any(has_text(path) for path in tokens):
         return True
     # `kaggle auth login` (OAuth) caches a refresh token here
-    return bool(read_json(home / ".kaggle" / "credentials.json").get("refresh_token"))
+    return bool(read_json_or_empty(home / ".kaggle" / "credentials.json").get("refresh_token"))
 
 
 def make_api() -> Any:
