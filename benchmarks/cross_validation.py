@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 if TYPE_CHECKING:  # the library imports TensorFlow's environment: only inside the functions
@@ -42,6 +43,8 @@ STAGES = ("split", "preprocess", "train")  # each fold is scored here, not by th
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 Z_SIGMAS = (0.0, 1.0, 2.0, 3.0)
 FAILED, GOOD = 0.5, 0.7  # Dice below FAILED should be flagged for review, above GOOD should not
+FALSE_ALARMS = 0.2  # share of good validation segmentations the review cutoff may flag (issue 27)
+MIN_GOOD = 5  # good validation patients needed to place the cutoff
 COLUMNS = (
     "patient",
     "fold",
@@ -165,23 +168,15 @@ def score_fold(model_dir: Path, work: Path, params: dict, fold: int, tune: bool)
 
 
 def review_rule(rows: list[dict]) -> dict[str, Any]:
-    """The confidence cutoff chosen on validation rows only: the one that flags the most
-    failures (Dice < FAILED) net of good ones flagged (Dice > GOOD); ties take the lower cutoff."""
-    failed = [r["confidence"] for r in rows if r["dice_3d"] < FAILED]
-    good = [r["confidence"] for r in rows if r["dice_3d"] > GOOD]
-    if not failed or not good:
-        return {"review_below": None, "why": "no failed or no good validation patient"}
-    values = sorted({c for c in failed + good})
-    # midpoints between observed confidences, and cuts that flag everyone or no one
-    cutoffs = [values[0]] + [(a + b) / 2 for a, b in zip(values, values[1:])]
-    cutoffs.append(values[-1] + 1e-6)
-
-    def gain(cut: float) -> float:
-        """Flagged share of failures minus flagged share of good ones."""
-        return sum(c < cut for c in failed) / len(failed) - sum(c < cut for c in good) / len(good)
-
-    best = max(cutoffs, key=lambda cut: (gain(cut), -cut))
-    return {"review_below": round(best, 3), "val_failed": len(failed), "val_good": len(good)}
+    """The confidence cutoff, chosen on validation rows only: the FALSE_ALARMS quantile of the
+    confidence of the validation patients the model segmented well (Dice > GOOD), so that about
+    that share of good segmentations is flagged; a lower confidence than that is unusual for a
+    success. (Validation patients rarely fail, so failures cannot be what the cutoff is fit to.)"""
+    good = sorted(r["confidence"] for r in rows if r["dice_3d"] > GOOD)
+    if len(good) < MIN_GOOD:
+        return {"review_below": None, "why": f"fewer than {MIN_GOOD} good validation patients"}
+    cutoff = float(np.quantile(good, FALSE_ALARMS))
+    return {"review_below": round(cutoff, 3), "val_good": len(good), "quantile": FALSE_ALARMS}
 
 
 def review_check(rows: list[dict], cutoff: float | None) -> dict[str, Any]:

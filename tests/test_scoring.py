@@ -84,19 +84,13 @@ def benchmark():
 
 def test_review_rule_is_chosen_on_validation_rows_and_checked_on_test() -> None:
     cv = benchmark()
-    val = [
-        {"dice_3d": 0.1, "confidence": 0.2},
-        {"dice_3d": 0.3, "confidence": 0.35},
-        {"dice_3d": 0.8, "confidence": 0.3},  # a good patient in the failures' range
-        {"dice_3d": 0.9, "confidence": 0.7},
-        {"dice_3d": 0.85, "confidence": 0.8},
-    ]
+    val = [{"dice_3d": 0.9, "confidence": c} for c in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)]
+    val.append({"dice_3d": 0.3, "confidence": 0.1})  # a failure does not move the cutoff
     rule = cv.review_rule(val)
-    # below 0.525 flags both failures and one of three good ones (gain 2/3), the best cut
-    assert rule["review_below"] == pytest.approx(0.525)
-    assert cv.review_rule(val[2:])["review_below"] is None  # no failure to learn from
-    test = [{"dice_3d": 0.2, "confidence": 0.6}, {"dice_3d": 0.9, "confidence": 0.1}]
-    assert cv.review_check(test, 0.525) == {"failed_flagged": "0 of 1", "good_flagged": "1 of 1"}
+    assert rule["review_below"] == pytest.approx(0.6)  # numpy's 20% quantile of the six
+    assert cv.review_rule(val[:4])["review_below"] is None  # too few good patients
+    test = [{"dice_3d": 0.2, "confidence": 0.55}, {"dice_3d": 0.9, "confidence": 0.1}]
+    assert cv.review_check(test, 0.6) == {"failed_flagged": "1 of 1", "good_flagged": "1 of 1"}
 
 
 def test_finished_folds_merge_into_one_table(tmp_path: Path) -> None:
@@ -106,6 +100,7 @@ def test_finished_folds_merge_into_one_table(tmp_path: Path) -> None:
         base = {"patient": patient, "fold": fold, "role": role, "dice_3d": dice, "tuned": dice}
         return base | {"suv_median": suv, "confidence": conf, "hd95_mm": 1.0}
 
+    goods = [row(f"V{i}", 1, "val", 0.8, 3.0, 0.3 + 0.1 * i) for i in range(5)]
     records = [
         {
             "fold": 1,
@@ -113,7 +108,7 @@ def test_finished_folds_merge_into_one_table(tmp_path: Path) -> None:
             "rows": [
                 row("B", 1, "test", 0.9, 3.0, 0.9),
                 row("X", 1, "val", 0.1, 1.0, 0.1),
-                row("Y", 1, "val", 0.8, 3.0, 0.8),
+                *goods,
             ],
         },
         {"fold": 0, "chosen": {"name": "none"}, "rows": [row("A", 0, "test", 0.3, 1.5, 0.2)]},
@@ -122,7 +117,7 @@ def test_finished_folds_merge_into_one_table(tmp_path: Path) -> None:
     assert [r["patient"] for r in rows] == ["A", "B"] and summary["folds"] == [0, 1]
     assert summary["params"]["mean"] == 0.6 and summary["params"]["below_0.5"] == 1
     assert summary["params_by_uptake"]["suv_below_2"]["mean"] == 0.3
-    assert summary["review"]["review_below"] == pytest.approx(0.45)
+    assert summary["review"]["review_below"] == pytest.approx(0.38)  # 20% quantile of 0.3..0.7
     assert [r["needs_review"] for r in rows] == [True, False]
     cv.write_table(rows, tmp_path / "table.csv")
     assert (tmp_path / "table.csv").read_text().splitlines()[1].startswith("A,0,0.300,0.300")
