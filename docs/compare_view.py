@@ -1,7 +1,10 @@
-"""Screenshot of the MLflow UI's compare view of the newest runs of a store, taken with headless
-Chromium (Debian: apt-get install chromium), for the README.
+"""Screenshots of the MLflow UI's compare view, taken with headless Chromium (Debian: apt-get
+install chromium): the newest runs of an experiment (for the README), or the fold runs of a
+cross-validation record side by side (--parent-tag cv_record=NAME).
 
     python docs/compare_view.py --store sqlite:///mlflow.db --runs 3 --out docs/mlflow-compare.png
+    python docs/compare_view.py --experiment sarcoma-seg-cv --parent-tag cv_record=petdrop \
+        --runs 5 --out docs/mlflow-cv-folds.png
 """
 
 import argparse
@@ -37,6 +40,7 @@ def main() -> None:
     parser.add_argument("--experiment", default="sarcoma-seg")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("docs/mlflow-compare.png"))
+    parser.add_argument("--parent-tag", help="KEY=VALUE of a parent run: compare its child runs")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -61,15 +65,14 @@ def main() -> None:
             timeout=30,
         )
         experiment = json.loads(found.read())["experiment"]["experiment_id"]
-        runs = api(
-            url,
-            "runs/search",
-            {
-                "experiment_ids": [experiment],
-                "max_results": args.runs,
-                "order_by": ["start_time DESC"],
-            },
-        )["runs"]
+        search = {"experiment_ids": [experiment], "order_by": ["start_time DESC"]}
+        if args.parent_tag:  # a record's parent run, then its children: the folds
+            key, _, value = args.parent_tag.partition("=")
+            found = api(url, "runs/search", search | {"filter": f"tags.{key} = '{value}'"})
+            parent = found["runs"][0]["info"]["run_id"]
+            search["filter"] = f"tags.`mlflow.parentRunId` = '{parent}'"
+            search["order_by"] = ["attributes.run_name ASC"]
+        runs = api(url, "runs/search", search | {"max_results": args.runs})["runs"]
         ids = [r["info"]["run_id"] for r in runs]
         query = urllib.parse.urlencode(
             {"runs": json.dumps(ids), "experiments": json.dumps([experiment])}
