@@ -23,7 +23,9 @@ from sarcoma_seg.model import (
     build_unet,
     check_train_params,
     compile_unet,
+    load_checked_weights,
     mean_history,
+    rebuild_unet,
     save_unet,
     seed_everything,
     validation_dice,
@@ -285,8 +287,11 @@ def write_model(
     (preprocessing, inference and the architecture, so that evaluate, the MLflow model and
     predict agree), the model card (card: training_card's other arguments) and the run id."""
     section = save_unet(model, folder / MODEL_FILE, settings.train.backbone)
-    # ONNX beside the weights: predict and evaluate run it without TensorFlow (issue 28)
-    section = replace(section, onnx_sha256=export_onnx(model, folder / ONNX_FILE))
+    # ONNX beside the weights: predict and evaluate run it without TensorFlow (issue 28); made
+    # from the saved file rebuilt as inference rebuilds it, never from the training model (under
+    # a cluster strategy its graph holds collective ops that no ONNX runtime runs)
+    plain = load_checked_weights(folder / MODEL_FILE, rebuild_unet(section))
+    section = replace(section, onnx_sha256=export_onnx(plain, folder / ONNX_FILE))
     write_model_config(folder / MODEL_CONFIG_NAME, pre, settings.inference, section)
     card = training_card(section=section, pre=pre, inference=settings.inference, **card)
     write_card(folder / CARD_NAME, card)
@@ -343,22 +348,26 @@ def train_as_worker(
     settings: Settings, strategy: Any, pre: Preprocessing, train_set: SliceSet, val_set: SliceSet
 ) -> None:
     """A non-chief worker of a cluster: trains in lockstep with the chief (restoring from its
-    checkpoint), and writes and logs nothing: no MLflow run, no store, no model folder."""
+    checkpoint) and logs nothing: no MLflow run, no store. It saves and exports the model into a
+    temporary folder all the same, because reading the synchronised variables (batch-norm
+    statistics) is a collective operation the chief's save and export wait for."""
     tp = settings.train
     key = checkpoint.checkpoint_key(settings, settings.paths.preprocessed)
     ckpt = checkpoint.open_checkpoint(tracking.repo_root(), key, writer=False)
-    with tempfile.TemporaryDirectory(prefix="sarcoma-seg-worker-") as scratch, strategy.scope():
-        _, history = train(
-            train_set,
-            val_set,
-            tp,
-            settings.base.seed,
-            settings.inference.threshold,
-            pre,
-            Path(scratch),
-            ckpt,
-            runlog.SILENT,
-        )
+    with tempfile.TemporaryDirectory(prefix="sarcoma-seg-worker-") as scratch:
+        with strategy.scope():
+            model, history = train(
+                train_set,
+                val_set,
+                tp,
+                settings.base.seed,
+                settings.inference.threshold,
+                pre,
+                Path(scratch),
+                ckpt,
+                runlog.SILENT,
+            )
+        save_unet(model, Path(scratch) / MODEL_FILE, tp.backbone)  # the chief's collectives
     print(f"best epoch {chosen_epoch(history, tp.monitor) + 1} (worker: nothing written)")
 
 
