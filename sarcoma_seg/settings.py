@@ -126,7 +126,7 @@ class Inference:
     postprocess: str
     tta_flip: bool
     z_sigma: float
-    review_below: float | None = None  # None: the model carries no review rule (older models)
+    review_below: float | None  # None: the model carries no review rule (older models)
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class Evaluate:
     """evaluate: the evaluation figure."""
 
     figure_slices: int
-    engine: str | None = None  # None: ONNX Runtime where the model folder holds model.onnx
+    engine: str | None  # None: ONNX Runtime where the model folder holds model.onnx
 
 
 @dataclass(frozen=True)

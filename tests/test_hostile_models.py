@@ -36,7 +36,9 @@ from tests.test_predict import phantom_hu
 from tests.test_readers import ibsi_patient
 
 PRE = Preprocessing((-160.0, 240.0), 32, 3)
-INFERENCE = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
+INFERENCE = Inference(
+    threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0, review_below=None
+)
 MARK = "lambda_ran.txt"  # the file the hostile Lambda layer writes when its code runs
 
 

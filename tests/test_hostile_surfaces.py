@@ -425,6 +425,7 @@ def test_a_reopened_run_ends_killed_on_sigterm(
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("reopened")  # not an experiment id another test's store left active
     with mlflow.start_run() as run:
         pass  # the training's run, FINISHED
     problem = {"terminated": Terminated(15), "error": ValueError("x")}.get(raised)

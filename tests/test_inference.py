@@ -26,7 +26,9 @@ from sarcoma_seg.transforms import Preprocessing
 
 PRE = Preprocessing(hu_window=(-160.0, 240.0), image_size=32, channels=1)
 PRE_PET = Preprocessing((-160.0, 240.0), 32, 3, pet_window=(0.0, 1.0))
-INFERENCE = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
+INFERENCE = Inference(
+    threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0, review_below=None
+)
 
 
 class LeftHalfModel:
@@ -40,7 +42,9 @@ class LeftHalfModel:
 
 def test_flip_tta_averages_with_the_mirror_and_postprocess_applies() -> None:
     ct = np.zeros((2, 64, 64), np.float32)
-    plain = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
+    plain = Inference(
+        threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0, review_below=None
+    )
     mask = segment_volume(LeftHalfModel(), PRE, ct, plain)
     assert mask.shape == ct.shape and mask[:, :, :32].all() and not mask[:, :, 32:].any()
     # mirrored, the left half scores 0.4 on each side: below the threshold everywhere
@@ -61,7 +65,9 @@ class TwoBandsModel:
 
 def test_postprocess_largest_component_keeps_the_wide_band_only() -> None:
     ct = np.zeros((2, 64, 64), np.float32)
-    plain = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
+    plain = Inference(
+        threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0, review_below=None
+    )
     both = segment_volume(TwoBandsModel(), PRE, ct, plain)
     one = segment_volume(TwoBandsModel(), PRE, ct, replace(plain, postprocess="largest_component"))
     assert both[:, :, :16].any() and both[:, :, 30:50].all()  # the model grid is 32 of 64 px
@@ -87,7 +93,9 @@ def test_z_sigma_fills_a_dropped_slice_and_removes_a_lone_one() -> None:
     ct = np.zeros((11, 32, 32), np.float32)
     # a tumour on slices 1-6 that the model lost on slice 4; slice 9 alone is a flicker
     per_slice = [0.0, 0.9, 0.9, 0.9, 0.3, 0.9, 0.9, 0.0, 0.0, 0.6, 0.0]
-    plain = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
+    plain = Inference(
+        threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0, review_below=None
+    )
     hits = segment_volume(SliceProbabilityModel(per_slice), PRE, ct, plain).any(axis=(1, 2))
     assert hits.tolist() == [p >= 0.5 for p in per_slice]
     # sigma 1: 0.627 0.815 0.751 0.656 0.702 0.600 on slices 1-6, 0.243 on slice 9
@@ -117,7 +125,9 @@ def test_z_sigma_matches_a_gaussian_along_slices_only() -> None:
 
 def test_progress_counts_every_slice_once() -> None:
     seen: list[int] = []
-    plain = Inference(threshold=0.5, postprocess="none", tta_flip=True, z_sigma=0.0)
+    plain = Inference(
+        threshold=0.5, postprocess="none", tta_flip=True, z_sigma=0.0, review_below=None
+    )
     segment_volume(
         LeftHalfModel(), PRE, np.zeros((11, 40, 40)), plain, batch_size=4, progress=seen.append
     )

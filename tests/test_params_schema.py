@@ -407,7 +407,7 @@ def test_an_older_models_config_without_the_later_keys_still_loads(tmp_path: Pat
     path.write_text(json.dumps({**older, "inference": {"threshold": 0.5}}))
     config = read_model_config(path)
     assert config.preprocessing == Preprocessing((-160.0, 240.0), 96, 3)
-    assert config.inference == Inference(0.5, "none", False, 0.0)  # what older models did
+    assert config.inference == Inference(0.5, "none", False, 0.0, None)  # what older models did
 
 
 def test_the_evaluate_stage_refuses_a_bad_stored_config(

@@ -29,7 +29,9 @@ from sarcoma_seg.scans import read_dicom_series, read_nifti_scan
 from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 
-INFERENCE = Inference(threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0)
+INFERENCE = Inference(
+    threshold=0.5, postprocess="none", tta_flip=False, z_sigma=0.0, review_below=None
+)
 
 
 def phantom_hu(shape: tuple[int, int, int] = (6, 40, 48)) -> np.ndarray:

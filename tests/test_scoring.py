@@ -71,7 +71,7 @@ def test_commitment_is_committed_over_suspected_voxels() -> None:
     assert commitment(np.full((1, 2, 2), 0.1), 0.2) == 0.0  # nothing committed: look
     assert commitment(np.full((1, 2, 2), 0.9), 0.2) == 1.0
     assert needs_review(0.49, RULE) is True and needs_review(0.5, RULE) is False
-    assert needs_review(0.0, Inference(0.2, "none", False, 0.0)) is None  # no rule: no flag
+    assert needs_review(0.0, Inference(0.2, "none", False, 0.0, None)) is None  # no rule: no flag
 
 
 def benchmark():
