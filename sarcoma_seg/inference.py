@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from sarcoma_seg.lesions import largest_component
 from sarcoma_seg.settings import Inference
@@ -95,6 +94,8 @@ def smooth_across_slices(probs: np.ndarray, sigma: float) -> np.ndarray:
     if not sigma or len(probs) < 2:
         return probs
     # nearest: the end slices are not faded by imagined empty slices beyond the scan
+    from scipy import ndimage  # here: SciPy's import is a third of `predict --help`
+
     return ndimage.gaussian_filter1d(probs, sigma, axis=0, mode="nearest")
 
 

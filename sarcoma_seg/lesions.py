@@ -2,7 +2,6 @@
 inference postprocessing, predict's lesion count and the phantom's tumour generator."""
 
 import numpy as np
-from scipy import ndimage
 
 # 26-connectivity (faces, edges and corners; scipy's connectivity 3 in 3D): one tumour whose voxels
 # touch only at an edge or corner, as a thin or oblique margin does on anisotropic CT voxels (a few
@@ -22,6 +21,8 @@ def components(
             for axis in range(3)
         )
     )
+    from scipy import ndimage  # here: SciPy's import is a third of `predict --help`
+
     structure = ndimage.generate_binary_structure(3, connectivity)
     labels, count = ndimage.label(mask[box], structure=structure)
     return labels, int(count), box
