@@ -22,7 +22,10 @@ ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17  # the default-domain opset every export is written in (and the only one read)
 INPUT_NAME = "image"  # (batch, rows, cols, channels) float32, as the Keras model takes it
 MAX_ONNX_BYTES = 2**31 - 1  # protobuf's own limit; a 10-member resnet34 ensemble is ~1.1 GB
-EXPORT_TOLERANCE = 1e-4  # largest |ONNX - Keras| probability accepted at export (seen: ~1e-5)
+# largest |ONNX - Keras| probability accepted at export, on a random batch: float32 kernels of
+# the two runtimes differ by ~1e-5 on trained models and up to ~2e-4 on a barely trained tiny one
+# (test params); a wrong conversion is off by tenths
+EXPORT_TOLERANCE = 1e-3
 # the operators tf2onnx writes for segmentation-models U-Nets of the registry's backbones
 # (ResNets, ensembles' mean): standard ONNX operators without file or network access; any other
 # operator in a model.onnx is refused

@@ -112,7 +112,7 @@ def test_served_model_carries_its_preprocessing_and_code(trained: Path) -> None:
     # the train stage wrote the model folder's config itself; MLflow logged that very file
     folder = trained / "data" / "model"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["mlflow_run.json", "model.h5", "model.onnx", MODEL_CONFIG_NAME]
+        ["mlflow_run.json", "model.h5", "model.onnx", "model_card.json", MODEL_CONFIG_NAME]
     )
     # the ONNX model is logged and registered with the rest of the folder, byte for byte
     assert (local / "artifacts" / "model.onnx").read_bytes() == (folder / "model.onnx").read_bytes()
