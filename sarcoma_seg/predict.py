@@ -37,6 +37,7 @@ from sarcoma_seg.lesions import components
 from sarcoma_seg.model_folder import (
     MODEL_CONFIG_NAME,
     MODEL_FILE,
+    FolderConfig,
     engine_for,
     load_unet,
     model_config_path,
@@ -144,18 +145,25 @@ class ModelLoader(threading.Thread):
     code (they hold the GIL), reading a gzip NIfTI and preparing its slices mostly do not (zlib,
     NumPy and OpenCV release it), so the two overlap on two cores."""
 
-    def __init__(self, folder: Path, batch_shape: tuple[int, int, int, int]) -> None:
+    def __init__(
+        self, stored: FolderConfig, batch_shape: tuple[int, int, int, int], engine: str
+    ) -> None:
         # not a daemon: an early exit (bad input) waits for it rather than tearing TensorFlow
         # down in the middle of its import
         super().__init__(name="predict-model-loader")
-        self.folder, self.batch_shape = folder, batch_shape
+        self.stored, self.folder, self.batch_shape = stored, stored.folder, batch_shape
+        self.engine = engine
         self.cancelled = threading.Event()  # set when the command fails: skip what is left
         self.loaded: tuple[Any, Predictor] | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        """Import TensorFlow, load the U-Net (model_folder.load_unet's checks) and trace it."""
+        """ONNX: check and open model.onnx (onnx_model.load_onnx); TensorFlow: import it, load
+        the U-Net (model_folder.load_unet's checks) and trace it."""
         try:
+            if self.engine == "onnx":  # hashing, parsing and the session overlap the reading
+                self.loaded = (None, open_engine(self.stored, "onnx").predictor)
+                return
             model = None if self.cancelled.is_set() else load_unet(self.folder)
             if model is not None and not self.cancelled.is_set():
                 self.loaded = (model, traced_predictor(model, self.batch_shape))
@@ -180,7 +188,7 @@ class OpenModel:
     pre: Preprocessing
     inference: Inference
     batch_size: int  # slices per model call
-    loader: "ModelLoader | ReadyLoader"
+    loader: ModelLoader
     started: float  # time.perf_counter() when loading began
     engine: str = "tensorflow"  # model_folder.ENGINES
 
@@ -189,35 +197,20 @@ class OpenModel:
         self.loader.cancelled.set()
 
 
-class ReadyLoader:
-    """A model already loaded (the ONNX engine: no TensorFlow, loaded in ~0.1 s), with the
-    interface of ModelLoader."""
-
-    def __init__(self, predictor: Predictor) -> None:
-        self.cancelled = threading.Event()
-        self.predictor = predictor
-
-    def result(self) -> tuple[Any, Predictor]:
-        """(no Keras model, the ONNX Runtime predictor)."""
-        return None, self.predictor
-
-
 def open_model(
     model_uri: str, scratch: Path, batch_size: int | None, engine: str | None = None
 ) -> OpenModel:
-    """Read a model's settings (its folder fetched first for an MLflow URI) and load it: with
-    ONNX Runtime at once, with TensorFlow in the background while the scan is read."""
+    """Read a model's settings (its folder fetched first for an MLflow URI) and start loading
+    it (ONNX Runtime or TensorFlow) in the background while the scan is read."""
     started = time.perf_counter()
     folder = model_folder(model_uri, scratch)
     found = read_folder_config(folder)
     pre, inference = found.pre, found.inference
     size = batch_size or inference_batch_size(pre.image_size)
     chosen = engine_for(found, engine)
-    if chosen == "onnx":
-        loader: ModelLoader | ReadyLoader = ReadyLoader(open_engine(found, chosen).predictor)
-    else:
-        loader = ModelLoader(folder, (size, pre.image_size, pre.image_size, pre.input_channels))
-        loader.start()
+    shape = (size, pre.image_size, pre.image_size, pre.input_channels)
+    loader = ModelLoader(found, shape, chosen)
+    loader.start()
     return OpenModel(model_uri, pre, inference, size, loader, started, chosen)
 
 
