@@ -344,29 +344,43 @@ def log_results(summary: dict[str, float | int], section: ModelSection, settings
     log_pyfunc(paths.model, settings.train.registered_model)
 
 
+def train_in(
+    strategy: Any,
+    settings: Settings,
+    sets: tuple[SliceSet, SliceSet],
+    pre: Preprocessing,
+    folder: Path,
+    ckpt: Checkpoint,
+    outbox: runlog.Outbox,
+) -> tuple[tf.keras.Model, dict[str, list[float]]]:
+    """train() of the (train, validation) sets inside the strategy's scope, at the model's own
+    inference threshold (val_dice scores as evaluate does)."""
+    with strategy.scope():
+        return train(
+            *sets,
+            settings.train,
+            settings.base.seed,
+            settings.inference.threshold,
+            pre,
+            folder,
+            ckpt,
+            outbox,
+        )
+
+
 def train_as_worker(
     settings: Settings, strategy: Any, pre: Preprocessing, train_set: SliceSet, val_set: SliceSet
 ) -> None:
     """A non-chief worker of a cluster: trains in lockstep with the chief (restoring from its
-    checkpoint) and logs nothing: no MLflow run, no store. It saves and exports the model into a
-    temporary folder all the same, because reading the synchronised variables (batch-norm
-    statistics) is a collective operation the chief's save and export wait for."""
+    checkpoint) and logs nothing: no MLflow run, no store. It saves the weights into a temporary
+    folder all the same, because reading the synchronised variables (batch-norm statistics) is
+    a collective operation the chief's save waits for."""
     tp = settings.train
     key = checkpoint.checkpoint_key(settings, settings.paths.preprocessed)
     ckpt = checkpoint.open_checkpoint(tracking.repo_root(), key, writer=False)
     with tempfile.TemporaryDirectory(prefix="sarcoma-seg-worker-") as scratch:
-        with strategy.scope():
-            model, history = train(
-                train_set,
-                val_set,
-                tp,
-                settings.base.seed,
-                settings.inference.threshold,
-                pre,
-                Path(scratch),
-                ckpt,
-                runlog.SILENT,
-            )
+        sets = (train_set, val_set)
+        model, history = train_in(strategy, settings, sets, pre, Path(scratch), ckpt, runlog.SILENT)
         save_unet(model, Path(scratch) / MODEL_FILE, tp.backbone)  # the chief's collectives
     print(f"best epoch {chosen_epoch(history, tp.monitor) + 1} (worker: nothing written)")
 
@@ -402,24 +416,13 @@ def run_training(settings: Settings, strategy: Any) -> None:
     run = start_run(ckpt, settings, None if state is None else state["epoch"])
     claim = runlog.claim_run(root, run.info.run_id, uri)
     outbox = runlog.Outbox(root, run.info.run_id)
-    threshold = settings.inference.threshold  # val_dice scores at the model's own threshold
     try:
         tracking.log_params(settings.as_params())
         tracking.log_manifest(paths.raw / "manifest.json")
         # the model folder is swapped in whole, with its config: never a half-written model
         with staged_dir(paths.model) as staging:
-            with strategy.scope():
-                model, history = train(
-                    train_set,
-                    val_set,
-                    tp,
-                    settings.base.seed,
-                    threshold,
-                    pre,
-                    staging,
-                    ckpt,
-                    outbox,
-                )
+            sets = (train_set, val_set)
+            model, history = train_in(strategy, settings, sets, pre, staging, ckpt, outbox)
             summary = write_results(history, tp.monitor, paths)
             facts = card_facts(settings, train_set, val_set, summary)
             section = write_model(staging, model, pre, settings, run, facts)

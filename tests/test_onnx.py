@@ -16,10 +16,10 @@ from onnx import TensorProto, helper
 from sarcoma_seg.model import build_unet, save_unet
 from sarcoma_seg.model_folder import MODEL_CONFIG_NAME, MODEL_FILE, write_model_config
 from sarcoma_seg.onnx_model import ONNX_FILE, export_onnx
-from sarcoma_seg.predict import main
 from sarcoma_seg.settings import Inference
 from sarcoma_seg.transforms import Preprocessing
 from tests import dicom_data
+from tests.test_predict import run_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 INFERENCE = Inference(
@@ -60,17 +60,6 @@ def ct_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ct") / "ct.nii.gz"
     nib.save(nib.Nifti1Image(phantom().transpose(2, 1, 0), np.diag([0.9, 0.9, 3.0, 1.0])), path)
     return path
-
-
-def run_predict(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """predict in this process: exit code, stdout, stderr."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_both_engines_give_the_same_mask(
