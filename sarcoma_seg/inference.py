@@ -165,10 +165,9 @@ def reviewed_segmentation(
     probs: np.ndarray, pre: Preprocessing, shape: tuple[int, int], inference: Inference
 ) -> Segmentation:
     """Model-grid probabilities -> the mask on the (rows, cols) slice grid with its confidence."""
-    confidence = round(
-        commitment(smooth_across_slices(probs, inference.z_sigma), inference.threshold), 6
-    )
-    mask = probabilities_to_mask(probs, pre, shape, inference)
+    smoothed = smooth_across_slices(probs, inference.z_sigma)  # once, for both
+    confidence = round(commitment(smoothed, inference.threshold), 6)
+    mask = smoothed_to_mask(smoothed, pre, shape, inference)
     return Segmentation(mask, confidence, needs_review(confidence, inference))
 
 
@@ -191,7 +190,13 @@ def probabilities_to_mask(
 ) -> np.ndarray:
     """Model-grid probabilities (slices, size, size) -> uint8 mask on the (rows, cols) slice grid:
     smoothed across slices, restored, thresholded and postprocessed as `inference` says."""
-    probs = smooth_across_slices(probs, inference.z_sigma)
+    return smoothed_to_mask(smooth_across_slices(probs, inference.z_sigma), pre, shape, inference)
+
+
+def smoothed_to_mask(
+    probs: np.ndarray, pre: Preprocessing, shape: tuple[int, int], inference: Inference
+) -> np.ndarray:
+    """probabilities_to_mask of probabilities already smoothed across slices."""
     threshold = inference.threshold
     mask = np.stack([pre.restore(p, shape) >= threshold for p in probs]).astype(np.uint8)
     return POSTPROCESS[inference.postprocess](mask)
