@@ -100,6 +100,7 @@ def summary_of(records: list[dict]) -> dict[str, Any]:
     from sarcoma_seg.scoring import uptake_groups
 
     columns: dict[str, list[dict]] = {}
+    by_patient: dict[str, dict[str, float]] = {}
     for rec in records:
         t = rec["stored_threshold"]
         fixed = {
@@ -113,7 +114,17 @@ def summary_of(records: list[dict]) -> dict[str, Any]:
             for row in rec["rows"]:
                 if row["role"] == "test":
                     columns.setdefault(column, []).append(row | {"value": row["dice"][name]})
+                    by_patient.setdefault(column, {})[row["patient"]] = row["dice"][name]
     out: dict[str, Any] = {"folds": [rec["fold"] for rec in records]}
+    keep = ("patient", "suv_median", "hu_median", "volume_true_cm3")
+    out["table"] = [
+        {k: r[k] for k in keep}
+        | {"fold": rec["fold"]}
+        | {column: round(found[r["patient"]], 4) for column, found in by_patient.items()}
+        for rec in records
+        for r in rec["rows"]
+        if r["role"] == "test"
+    ]
     for column, rows in columns.items():
         out[column] = dice_summary([r["value"] for r in rows])
         out[column]["by_uptake"] = uptake_groups(rows, "value")
