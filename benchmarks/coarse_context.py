@@ -38,7 +38,7 @@ def chosen(rows: list[dict], names: list[str]) -> str:
     return max(names, key=lambda n: (means[n], -names.index(n)))
 
 
-def run_fold(folder: Path, params: dict, fold: int, cfg: Any, volumes: dict) -> dict:
+def run_fold(folder: Path, fold: int, cfg: Any, volumes: dict) -> dict:
     """One fold: train the coarse stage, score every (weight, threshold) on val and test."""
     from sarcoma_seg.coarse3d import (
         coarse_inputs,
@@ -47,8 +47,8 @@ def run_fold(folder: Path, params: dict, fold: int, cfg: Any, volumes: dict) -> 
         on_model_grid,
         predict_coarse,
     )
-    from sarcoma_seg.inference import probabilities_to_mask, volume_probabilities
-    from sarcoma_seg.metrics import volume_scores
+    from sarcoma_seg.inference import smooth_across_slices, smoothed_to_mask, volume_probabilities
+    from sarcoma_seg.metrics import dice as dice_3d
     from sarcoma_seg.model_folder import open_model_folder
 
     base = json.loads((folder / f"fold-{fold}.json").read_text())
@@ -71,14 +71,15 @@ def run_fold(folder: Path, params: dict, fold: int, cfg: Any, volumes: dict) -> 
         )
         deep = predict_coarse(model, coarse_inputs(v, pre, cfg.spacing_mm))
         deep = on_model_grid(deep, len(v.ct), pre.image_size)
+        # the slice smoothing is linear: smoothing each once equals smoothing every average
+        flat, deep = (smooth_across_slices(p, inference.z_sigma) for p in (flat, deep))
         dice = {}
         for w in WEIGHTS:
             probs = (1 - w) * flat + w * deep
             for t in THRESHOLDS:
-                mask = probabilities_to_mask(
-                    probs, pre, v.ct.shape[1:], replace(inference, threshold=t)
-                )
-                dice[variant_name(w, t)] = volume_scores(mask, v.mask, v.spacing)["dice_3d"]
+                setting = replace(inference, threshold=t)
+                mask = smoothed_to_mask(probs, pre, v.ct.shape[1:], setting)
+                dice[variant_name(w, t)] = float(dice_3d(mask, v.mask))
         keep = ("patient", "role", "suv_median", "suv_p90", "hu_median", "volume_true_cm3")
         rows.append({k: base_row[k] for k in keep} | {"dice": dice})
     flat_names = [variant_name(0.0, t) for t in THRESHOLDS]
@@ -165,7 +166,7 @@ def main() -> None:
         done = out / f"fold-{fold}.json"
         if done.exists():
             continue
-        record = run_fold(folder, params, fold, cfg, volumes)
+        record = run_fold(folder, fold, cfg, volumes)
         done.write_text(json.dumps(record, indent=1, default=float))
         print(
             f"fold {fold}: coarse stage trained in {record['coarse_train_minutes']} min",
